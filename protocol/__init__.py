@@ -1,0 +1,1 @@
+"""Generated protobuf modules of the rtgateway wire protocol (see events.proto)."""
