@@ -1,0 +1,233 @@
+"""Who is connected to this instance, and delivery to them.
+
+Delivery is deferred to the flush phase of each tick: events for one
+connection in one tick leave as one frame.  Unreliable events published to a
+topic are shared: their fragments are built once per tick and, for every
+subscriber with nothing private queued, sent as one prepared WebSocket
+message (framed once, written many times).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+from gateway.codes import CloseCode
+from gateway.connection import Connection, Disconnect
+from gateway.wire import OutEvent, compress_frame
+
+__all__ = ["Hub", "Transport"]
+
+log = Logger()
+
+
+class Transport(Protocol):
+    """The adapter's side of a connection (``gateway.ws.GatewayProtocol``)."""
+
+    connection: Connection
+
+    def send_frame(self, data: bytes) -> None: ...
+
+    def send_prepared(self, prepared: Any, size: int) -> None: ...
+
+    def close(self, code: CloseCode, reason: str, *, reconnect: bool = True) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+Preparer = Callable[[bytes], Any]
+
+
+class Hub:
+    def __init__(self, prepare: Preparer | None = None) -> None:
+        self._transports: dict[int, Transport] = {}
+        self._by_player: dict[str, set[Transport]] = {}
+        self._topics: dict[str, set[Transport]] = {}
+        self._subscriptions: dict[int, set[str]] = {}
+        self._dirty: set[Transport] = set()
+        self._batches: dict[str, list[OutEvent]] = {}
+        self.prepare = prepare
+        self.on_topic_added: Callable[[str], object] | None = None
+        self.on_topic_removed: Callable[[str], object] | None = None
+        self.on_close: Callable[[Transport, Disconnect], object] | None = None
+
+    # ------------------------------------------------------------------ registry
+
+    def add(self, transport: Transport) -> None:
+        self._transports[transport.connection.id] = transport
+
+    def bind_player(self, transport: Transport) -> None:
+        """Index an authenticated connection by its player id."""
+        self._by_player.setdefault(transport.connection.player_id, set()).add(transport)
+
+    def remove(self, transport: Transport) -> None:
+        conn = transport.connection
+        self._transports.pop(conn.id, None)
+        players = self._by_player.get(conn.player_id)
+        if players is not None:
+            players.discard(transport)
+            if not players:
+                del self._by_player[conn.player_id]
+        for topic in tuple(self._subscriptions.get(conn.id, ())):
+            self.unsubscribe(transport, topic)
+        self._subscriptions.pop(conn.id, None)
+        self._dirty.discard(transport)
+
+    def __len__(self) -> int:
+        return len(self._transports)
+
+    def transports(self) -> Iterator[Transport]:
+        return iter(tuple(self._transports.values()))
+
+    def connections(self) -> list[Connection]:
+        return [t.connection for t in self._transports.values()]
+
+    def get(self, connection_id: int) -> Transport | None:
+        return self._transports.get(connection_id)
+
+    def for_player(self, player_id: str) -> tuple[Transport, ...]:
+        return tuple(self._by_player.get(player_id, ()))
+
+    def players(self) -> Iterable[str]:
+        return self._by_player.keys()
+
+    # ------------------------------------------------------------------ topics
+
+    def subscribe(self, transport: Transport, topic: str) -> None:
+        members = self._topics.get(topic)
+        if members is None:
+            members = self._topics[topic] = set()
+            if self.on_topic_added is not None:
+                self.on_topic_added(topic)
+        members.add(transport)
+        self._subscriptions.setdefault(transport.connection.id, set()).add(topic)
+
+    def unsubscribe(self, transport: Transport, topic: str) -> None:
+        members = self._topics.get(topic)
+        if members is None:
+            return
+        members.discard(transport)
+        subs = self._subscriptions.get(transport.connection.id)
+        if subs is not None:
+            subs.discard(topic)
+        if not members:
+            del self._topics[topic]
+            self._batches.pop(topic, None)
+            if self.on_topic_removed is not None:
+                self.on_topic_removed(topic)
+
+    def subscribers(self, topic: str) -> tuple[Transport, ...]:
+        return tuple(self._topics.get(topic, ()))
+
+    def topics_of(self, transport: Transport) -> frozenset[str]:
+        return frozenset(self._subscriptions.get(transport.connection.id, ()))
+
+    def has_topic(self, topic: str) -> bool:
+        return topic in self._topics
+
+    # ------------------------------------------------------------------ delivery
+
+    def deliver(self, transport: Transport, event: OutEvent, *, urgent: bool = False) -> bool:
+        """Queue ``event`` for one connection; urgent events are flushed at once."""
+        conn = transport.connection
+        try:
+            accepted = conn.enqueue(event, urgent=urgent)
+        except Disconnect as exc:
+            self._fail(transport, exc)
+            return False
+        if urgent:
+            self.flush_one(transport, conn.connected_at)
+        else:
+            self._dirty.add(transport)
+        return accepted
+
+    def share(self, topic: str, event: OutEvent) -> None:
+        """Queue an unreliable event for every subscriber of ``topic``, encoded once."""
+        if topic in self._topics:
+            self._batches.setdefault(topic, []).append(event)
+
+    def flush_one(self, transport: Transport, now: float) -> None:
+        conn = transport.connection
+        try:
+            frame = conn.take_frame(now)
+        except Disconnect as exc:
+            self._fail(transport, exc)
+            return
+        if frame is not None:
+            transport.send_frame(frame)
+        if conn.has_pending:
+            self._dirty.add(transport)
+        else:
+            self._dirty.discard(transport)
+
+    def flush(self, now: float) -> None:
+        """End of tick: one frame per connection with anything to send."""
+        shared = self._take_shared()
+        dirty = self._dirty
+        self._dirty = set()
+        private = list(dirty)
+        prepared: dict[tuple[str, int], tuple[Any, int]] = {}
+        for transport, (key, data, count) in shared.items():
+            conn = transport.connection
+            if transport in dirty or conn.has_pending or conn.paused_since is not None:
+                if transport not in dirty:
+                    private.append(transport)
+                continue
+            # Nothing private queued: send the shared frame, framed once for every such reader.
+            codec = conn.compression if len(data) >= conn.compression_threshold else 0
+            entry = prepared.get((key, codec))
+            if entry is None:
+                raw = compress_frame(data, codec, conn.zlib_level) if codec else data
+                entry = prepared[(key, codec)] = (self._prepare(raw), len(raw))
+            transport.send_prepared(entry[0], entry[1])
+            conn.count_shared(entry[1], count)
+        for transport in private:
+            conn = transport.connection
+            extra = shared.get(transport)
+            if extra is not None and conn.paused_since is not None:
+                conn.stats.dropped_out += extra[2]  # unreliable state for a stalled reader
+            try:
+                frame = conn.take_frame(now, extra[1] if extra else b"")
+            except Disconnect as exc:
+                self._fail(transport, exc)
+                continue
+            if frame is not None:
+                transport.send_frame(frame)
+            if conn.has_pending:
+                self._dirty.add(transport)
+
+    def _prepare(self, data: bytes) -> Any:
+        return self.prepare(data) if self.prepare is not None else data
+
+    def _take_shared(self) -> dict[Transport, tuple[str, bytes, int]]:
+        """Per subscriber, the joined fragments of every topic batch it receives this tick."""
+        if not self._batches:
+            return {}
+        batches = self._batches
+        self._batches = {}
+        per_topic = {
+            topic: b"".join(e.plain_fragment() for e in events)
+            for topic, events in batches.items()
+        }
+        counts = {topic: len(events) for topic, events in batches.items()}
+        out: dict[Transport, tuple[str, bytes, int]] = {}
+        for topic, data in per_topic.items():
+            for transport in self._topics.get(topic, ()):
+                if not transport.connection.authenticated:
+                    continue
+                previous = out.get(transport)
+                if previous is None:
+                    out[transport] = (topic, data, counts[topic])
+                else:
+                    # Several topics this tick: a private join (rare), keyed by its topic set.
+                    key = previous[0] + "\0" + topic
+                    out[transport] = (key, previous[1] + data, previous[2] + counts[topic])
+        return out
+
+    def _fail(self, transport: Transport, exc: Disconnect) -> None:
+        self._dirty.discard(transport)
+        if self.on_close is not None:
+            self.on_close(transport, exc)
+        transport.close(exc.code, exc.reason)

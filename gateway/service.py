@@ -1,0 +1,141 @@
+"""The service tree of one gateway instance, built whole by :func:`build_service`.
+
+Everything is constructed up front (listeners, tick scheduler, admin site,
+manhole, plugins), as Twisted's own ``tap.py`` modules do; ``startService``
+only starts what exists.  ``stopService`` is the graceful shutdown: stop
+accepting, drain, then stop the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import txaio
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gateway.auth import TokenVerifier, build_verifier
+from gateway.config import Config, read_secret
+from gateway.listener import ListenerService
+from gateway.metrics import Metrics
+from gateway.server import Gateway
+from gateway.tick import TickScheduler
+from gateway.web.admin import make_admin_site
+from gateway.ws import GatewayFactory
+
+__all__ = ["GatewayService", "build_service"]
+
+log = Logger()
+
+
+class GatewayService(service.MultiService):
+    """Root of one instance: the gateway, its listeners and its periodic work."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reactor: Any = None,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.config = config
+        self.reactor = reactor
+        self.instance_id = config.server.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = Metrics()
+        self.verifier = verifier or build_verifier(config, clock=reactor)
+        self.gateway = Gateway(
+            config,
+            self.verifier,
+            clock=reactor,
+            metrics=self.metrics,
+            instance_id=self.instance_id,
+        )
+        self.factory = GatewayFactory(self.gateway, reactor=reactor)
+
+        self.ticks = TickScheduler(
+            reactor,
+            config.tick.critical_hz,
+            config.tick.normal_hz,
+            on_tick_done=self._tick_done,
+        )
+        self.ticks.add("critical", lambda _info: self.gateway.flush(), phase="flush",
+                       name="outbound flush")
+        self.ticks.setServiceParent(self)
+
+        self.ws = ListenerService(config.server.listen, self.factory, reactor, "websocket")
+        self.ws.setServiceParent(self)
+
+        self.admin: ListenerService | None = None
+        if config.admin.listen:
+            token = None
+            if config.admin.token_env:
+                token = read_secret("admin.token_env", env=config.admin.token_env)
+            site = make_admin_site(self.gateway, token=token)
+            self.admin = ListenerService(config.admin.listen, site, reactor, "admin")
+            self.admin.setServiceParent(self)
+
+        if config.manhole.listen:
+            from gateway.manhole import make_manhole_service
+
+            make_manhole_service(config.manhole, self.manhole_namespace, reactor).setServiceParent(
+                self
+            )
+
+    def manhole_namespace(self) -> dict[str, Any]:
+        """What an operator sees in the manhole: live objects, not copies."""
+        return {
+            "service": self,
+            "gateway": self.gateway,
+            "hub": self.gateway.hub,
+            "config": self.config,
+            "metrics": self.metrics,
+            "ticks": self.ticks,
+            "drain": self.gateway.drain,
+        }
+
+    def _tick_done(self, group: str, duration: float, overran: bool, skipped: int) -> None:
+        self.metrics.tick_seconds.labels(group).observe(duration)
+        if overran:
+            self.metrics.tick_overruns.labels(group).inc()
+        if skipped:
+            self.metrics.ticks_skipped.labels(group).inc(skipped)
+
+    def startService(self) -> None:  # noqa: N802
+        txaio.use_twisted()
+        txaio.set_global_log_level("info")  # never Autobahn's debug lines: they carry URLs
+        if self.verifier.is_dev:
+            log.warn(
+                "DEVELOPMENT MODE: no auth.keys or auth.jwks_url configured; tokens are signed "
+                "with a local key (rtgateway-token mints them) and only loopback listeners "
+                "are allowed"
+            )
+        self.gateway.start()
+        super().startService()
+        self.ws.when_listening().addCallback(self._listening)
+
+    def _listening(self, _port: object) -> None:
+        self.gateway.listening = True
+        log.info("rtgateway instance {instance} ready", instance=self.instance_id)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        """Graceful shutdown: stop accepting, drain (server.draining, 1001), stop the rest."""
+        self.gateway.listening = False
+        yield defer.maybeDeferred(self.ws.stopService)
+        yield self.gateway.drain()
+        self.gateway.flush()
+        self.gateway.stop()
+        yield defer.maybeDeferred(super().stopService)
+        log.info("rtgateway instance {instance} stopped", instance=self.instance_id)
+
+
+def build_service(config: Config, *, reactor: Any = None) -> GatewayService:
+    return GatewayService(config, reactor=reactor)

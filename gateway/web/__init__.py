@@ -1,0 +1,1 @@
+"""Admin HTTP: health, readiness, metrics and debugging endpoints."""

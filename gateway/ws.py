@@ -1,0 +1,176 @@
+"""Thin Autobahn adapter: bytes and timers in, bytes out.  No protocol rules here.
+
+Everything the protocol decides lives in :class:`gateway.server.Gateway`
+(and below it in the sans-io :class:`gateway.connection.Connection`); this
+module turns Autobahn callbacks into calls on it and its answers into
+WebSocket frames, close codes and HTTP statuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import txaio
+from autobahn.exception import PayloadExceededError
+from autobahn.twisted.websocket import (
+    ConnectionDeny,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.protocol import PreparedMessage
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway import SUBPROTOCOL
+from gateway.codes import CloseCode
+from gateway.connection import Connection
+from gateway.server import Admission, Gateway, HandshakeRequest, Reject
+
+__all__ = ["GatewayFactory", "GatewayProtocol"]
+
+log = Logger()
+
+# RFC 6455 codes that Autobahn's sendClose() refuses; they go out via sendCloseFrame().
+_RFC_CODES = frozenset({1001, 1003, 1008, 1009, 1011})
+
+
+@implementer(IPushProducer)
+class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+    """One WebSocket connection; also the push producer that hears TCP back-pressure."""
+
+    factory: GatewayFactory
+    connection: Connection
+    _admission: Admission | None = None
+    _closing = False
+
+    # -------------------------------------------------------------- Autobahn callbacks
+
+    def onConnect(self, request: Any) -> Any:  # noqa: N802 - Autobahn's name
+        gateway = self.factory.gateway
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None) or "local"
+        self.connection = gateway.new_connection(host)
+        try:
+            handshake = HandshakeRequest(
+                path=request.path,
+                peer_host=host,
+                headers=request.headers,
+                params=request.params,
+                protocols=tuple(request.protocols),
+                origin=request.origin if request.origin not in (None, "null") else None,
+            )
+            d = gateway.admit(handshake)
+        except Exception:
+            # Anything unexpected must become a clean 500, never Autobahn's str(exc) status line.
+            log.failure("admission crashed")
+            raise ConnectionDeny(500, "Internal Server Error")
+
+        def admitted(admission: Admission) -> str:
+            self._admission = admission
+            return admission.subprotocol
+
+        def refused(failure: Failure) -> None:
+            if failure.check(Reject):
+                raise ConnectionDeny(failure.value.status, failure.value.reason)
+            log.failure("admission failed", failure)
+            raise ConnectionDeny(500, "Internal Server Error")
+
+        return d.addCallbacks(admitted, refused)
+
+    def onOpen(self) -> None:  # noqa: N802
+        assert self._admission is not None
+        self.transport.registerProducer(self, True)
+        self.factory.gateway.opened(self, self._admission)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
+        if not isBinary:
+            self.factory.gateway.metrics.bad_input.labels("text_message").inc()
+            self.factory.gateway.close(
+                self, CloseCode.UNSUPPORTED_DATA, "binary messages only"
+            )
+            return
+        self.factory.gateway.received(self, payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802, N803
+        if self._admission is None:
+            return  # refused at the upgrade: never opened
+        try:
+            self.transport.unregisterProducer()
+        except (RuntimeError, AttributeError):
+            pass
+        close_code = self.localCloseCode if self.closedByMe else code
+        self.factory.gateway.closed(self, close_code)
+
+    # -------------------------------------------------------------- IPushProducer
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.connection.pause(self.factory.gateway.now())
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.connection.resume()
+        self.factory.gateway.hub.flush_one(self, self.factory.gateway.now())
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+    # -------------------------------------------------------------- Transport (hub side)
+
+    def send_frame(self, data: bytes) -> None:
+        try:
+            self.sendMessage(data, isBinary=True)
+        except PayloadExceededError:
+            log.error("outbound frame of {size} bytes over the message limit", size=len(data))
+            self.close(CloseCode.INTERNAL, "outbound message too large")
+
+    def send_prepared(self, prepared: Any, size: int) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendPreparedMessage(prepared)
+
+    def close(self, code: CloseCode, reason: str, *, reconnect: bool = True) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            self.dropConnection(abort=True)
+            return
+        if int(code) in _RFC_CODES:
+            self.sendCloseFrame(code=int(code), reasonUtf8=reason.encode()[:123], isReply=False)
+        else:
+            self.sendClose(code=int(code), reason=reason)
+        if self.connection.paused_since is not None:
+            # A reader that stopped reading will not read our close frame either.
+            self.dropConnection(abort=True)
+
+
+    def abort(self) -> None:
+        self._closing = True
+        self.dropConnection(abort=True)
+
+
+class GatewayFactory(WebSocketServerFactory):  # type: ignore[misc]
+    protocol = GatewayProtocol
+
+    def __init__(self, gateway: Gateway, reactor: Any = None) -> None:
+        super().__init__(protocols=[SUBPROTOCOL], server=None, reactor=reactor)
+        self.gateway = gateway
+        limits = gateway.config.limits
+        self.setProtocolOptions(
+            webStatus=False,
+            maxMessagePayloadSize=limits.max_message_size,
+            maxFramePayloadSize=limits.max_frame_size,
+            openHandshakeTimeout=limits.handshake_timeout,
+            closeHandshakeTimeout=2,
+            failByDrop=False,  # so the client learns why (e.g. 1009), see STACK.md
+            autoPingInterval=0,  # our own application ping measures RTT even for chatty clients
+            perMessageCompressionAccept=lambda offers: None,  # we compress frames ourselves
+            tcpNoDelay=True,
+            requireMaskedClientFrames=True,
+            utf8validateIncoming=False,  # binary protocol; text frames are refused anyway
+        )
+        gateway.hub.prepare = self._prepare
+        txaio.use_twisted()
+
+    def _prepare(self, data: bytes) -> PreparedMessage:
+        return self.prepareMessage(data, isBinary=True, doNotCompress=True)
