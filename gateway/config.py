@@ -391,6 +391,9 @@ def _validate_cross(config: Config) -> None:
             "no signing keys configured (development mode) but server.listen is not loopback; "
             "configure auth.keys or auth.jwks_url before listening on other interfaces",
         )
+    jwks = config.auth.jwks_url
+    if jwks and not jwks.startswith("https://") and not _is_loopback_url(jwks):
+        raise ConfigError("auth.jwks_url", "must use https (keys fetched over http can be forged)")
     if not config.auth.algorithms:
         raise ConfigError("auth.algorithms", "must allow at least one algorithm")
     if (
@@ -429,6 +432,18 @@ def _split_endpoint(description: str) -> list[str]:
             current += ch
     parts.append(current)
     return parts
+
+
+def _is_loopback_url(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_loopback_endpoint(description: str) -> bool:

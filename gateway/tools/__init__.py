@@ -1,0 +1,1 @@
+"""Operator command-line tools; each module's ``main`` is a console script in pyproject.toml."""
