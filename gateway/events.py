@@ -358,6 +358,11 @@ class Router:
         return len(handlers)
 
     def _failed(self, failure: Failure, ctx: EventContext, handler: Handler) -> None:
+        if failure.check(EventError):
+            # A deliberate refusal (bad request), reported to the sender, not logged as a crash.
+            if self.on_failure is not None:
+                self.on_failure(ctx, failure)
+            return
         log.failure(
             "handler {handler} failed for {type} from {player}",
             failure,

@@ -462,6 +462,10 @@ class Gateway:
             return
         self.hub.deliver(transport, event, urgent=urgent)
 
+    def is_online(self, player_id: str) -> bool:
+        """Whether the player has a connection on this instance."""
+        return bool(self.hub.for_player(player_id))
+
     def send_to_player(self, player_id: str, type_: str, message: Message) -> None:
         self.send_to_players((player_id,), type_, message)
 
@@ -529,13 +533,19 @@ class Gateway:
         )
 
     def _handler_failed(self, ctx: EventContext, failure: Failure) -> None:
-        self.metrics.handler_failures.labels(ctx.spec.type).inc()
         transport = self.hub.get(ctx.connection.id)
+        if failure.check(EventError):
+            # A handler refusing a request on purpose: the sender learns why; not a crash.
+            self.metrics.bad_input.labels(failure.value.code.name.lower()).inc()
+            code, text = failure.value.code, failure.value.message[:200]
+        else:
+            self.metrics.handler_failures.labels(ctx.spec.type).inc()
+            code, text = ErrorCode.HANDLER_FAILED, f"handling {ctx.spec.type} failed"
         if transport is None:
             return
         err = events_pb2.Error(
-            code=int(ErrorCode.HANDLER_FAILED),
-            message=f"handling {ctx.spec.type} failed",
+            code=int(code),
+            message=text,
             event_type=ctx.spec.type,
             seq=ctx.seq,
             correlation_id=ctx.correlation_id,

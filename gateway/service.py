@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 import txaio
@@ -21,6 +22,7 @@ from gateway.auth import TokenVerifier, build_verifier
 from gateway.config import Config, read_secret
 from gateway.listener import ListenerService
 from gateway.metrics import Metrics
+from gateway.plugin import load_plugins
 from gateway.server import Gateway
 from gateway.tick import TickScheduler
 from gateway.web.admin import make_admin_site
@@ -40,7 +42,9 @@ class GatewayService(service.MultiService):
         *,
         reactor: Any = None,
         verifier: TokenVerifier | None = None,
+        plugins: Iterable[Any] | None = None,
     ) -> None:
+        """``plugins``: the plugin objects to load instead of discovering them (tests)."""
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -70,6 +74,19 @@ class GatewayService(service.MultiService):
                        name="outbound flush")
         self.ticks.setServiceParent(self)
 
+        # Plugins register their events and handlers before anything listens.
+        self.admin_resources: dict[bytes, Any] = {}
+        self.plugins, plugin_services = load_plugins(
+            config,
+            self.gateway,
+            reactor=reactor,
+            ticks=self.ticks,
+            admin_resources=self.admin_resources,
+            candidates=plugins,
+        )
+        for plugin_service in plugin_services:
+            plugin_service.setServiceParent(self)
+
         self.ws = ListenerService(config.server.listen, self.factory, reactor, "websocket")
         self.ws.setServiceParent(self)
 
@@ -78,7 +95,7 @@ class GatewayService(service.MultiService):
             token = None
             if config.admin.token_env:
                 token = read_secret("admin.token_env", env=config.admin.token_env)
-            site = make_admin_site(self.gateway, token=token)
+            site = make_admin_site(self.gateway, token=token, extra=self.admin_resources)
             self.admin = ListenerService(config.admin.listen, site, reactor, "admin")
             self.admin.setServiceParent(self)
 
@@ -99,6 +116,7 @@ class GatewayService(service.MultiService):
             "metrics": self.metrics,
             "ticks": self.ticks,
             "drain": self.gateway.drain,
+            "plugins": {p.name: p for p in self.plugins},
         }
 
     def _tick_done(self, group: str, duration: float, overran: bool, skipped: int) -> None:

@@ -58,7 +58,15 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> Any:  # noqa: N802 - twistd API
+    import sys
+
+    from gateway.plugin import PluginError
     from gateway.service import build_service
 
     assert options.gateway_config is not None
-    return build_service(options.gateway_config)
+    try:
+        return build_service(options.gateway_config)
+    except (ConfigError, PluginError) as exc:
+        # A clean message and a non-zero exit, not a traceback.
+        sys.stderr.write(f"rtgateway: {exc}\n")
+        raise SystemExit(1)

@@ -41,7 +41,7 @@ def mint(dev_key: bytes) -> Callable[..., str]:
     return _mint
 
 
-def test_config(**overrides: Any) -> Config:
+def test_config(**overrides: Any) -> Config:  # noqa: PT028
     """Loopback, ephemeral ports, then ``overrides`` as dotted keys."""
     base: dict[str, Any] = {
         "server.listen": "tcp:0:interface=127.0.0.1",
@@ -49,6 +49,9 @@ def test_config(**overrides: Any) -> Config:
     }
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
     return load(None, base)
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 class RunningGateway:
