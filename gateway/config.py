@@ -218,6 +218,9 @@ class BackendConfig:
 class SessionConfig:
     timeout_seconds: float = _opt(86400.0, positive)
     max_replay_events: int = _opt(1024, at_least(1))
+    # Capped log per topic of reliable events, so resumed sessions catch up.
+    topic_log_len: int = _opt(1024, at_least(16))
+    topic_log_seconds: float = _opt(3600.0, positive)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass, field
 
 from gateway.codes import CloseCode
@@ -38,6 +39,8 @@ PRIORITIES = (CRITICAL, HIGH, NORMAL, LOW)
 ACK_EVENT = make_event("system.ack", b"", priority=CRITICAL, reliable=False)
 #: Standalone acks are delayed this long hoping to piggyback on an outbound event.
 ACK_DELAY = 0.05
+#: Room left in a frame for compression framing (incompressible data grows a few dozen bytes).
+FRAME_OVERHEAD = 64
 
 
 class Disconnect(Exception):  # noqa: N818 - it is an instruction, not a failure
@@ -117,6 +120,15 @@ class Rtt:
 _ids = itertools.count(1)
 
 
+def _droppable(event: OutEvent) -> bool:
+    """What a degraded connection sheds: low priority, and unreliable state below critical.
+
+    Critical unreliable events are the protocol's control messages (pings, pongs,
+    system.disconnect, server.draining): tiny, and the slow reader needs them most.
+    """
+    return event.priority == LOW or (not event.reliable and event.priority != CRITICAL)
+
+
 class Connection:
     """One client connection; every method takes ``now`` (seconds) from the caller's clock."""
 
@@ -171,6 +183,11 @@ class Connection:
         self._ping_nonce = 0
         self._pings: dict[int, tuple[float, int]] = {}  # nonce -> (sent now, sent mono ns)
         self.on_ack: Callable[[int], object] | None = None  # session persistence hook
+        # Called as on_sequenced(seq, event) when a reliable event gets its seq (write-ahead).
+        self.on_sequenced: Callable[[int, OutEvent], object] | None = None
+        self.session: Any = None  # gateway.session.manager.SessionLink once welcomed
+        self.topics: set[str] = set()  # maintained by the hub
+        self._replay: deque[tuple[int, OutEvent]] = deque()
 
     # ------------------------------------------------------------------ state
 
@@ -214,6 +231,9 @@ class Connection:
             if env.seq:
                 if env.seq <= self.last_in_seq:
                     self.stats.duplicates_in += 1
+                    if not self._ack_pending:  # a resend: the peer missed our ack, repeat it
+                        self._ack_pending = True
+                        self._ack_since = now
                     continue
                 self.last_in_seq = env.seq
                 if not self._ack_pending:
@@ -248,10 +268,11 @@ class Connection:
 
         Under pressure (queued bytes over ``outbound_soft_bytes`` or the
         transport paused) the connection is *degraded*: low-priority and
-        unreliable events are refused, and queued ones of those are purged.
+        unreliable events (critical control events excepted) are refused, and
+        queued ones of those are purged.
         Over ``outbound_hard_bytes`` it raises :class:`Disconnect`.
         """
-        if self.degraded and (event.priority == LOW or not event.reliable):
+        if self.degraded and _droppable(event):
             self.stats.dropped_out += 1
             return False
         if event.key is not None and not event.reliable:
@@ -282,7 +303,11 @@ class Connection:
         if not self.degraded and (pressure > self.limits.outbound_soft_bytes):
             self.degraded = True
             self._purge_droppable()
-        elif self.degraded and pressure < self.limits.outbound_soft_bytes // 2:
+        elif (
+            self.degraded
+            and self.paused_since is None  # a paused transport stays degraded until resume()
+            and pressure < self.limits.outbound_soft_bytes // 2
+        ):
             self.degraded = False
 
     def _purge_droppable(self) -> None:
@@ -290,8 +315,10 @@ class Connection:
         for priority, queue in self._queues.items():
             kept: deque[OutEvent | str] = deque()
             for item in queue:
-                event = self._keyed.pop(item) if isinstance(item, str) else item
-                if priority == LOW or not event.reliable:
+                event = self._keyed[item] if isinstance(item, str) else item
+                if _droppable(event):
+                    if isinstance(item, str):
+                        del self._keyed[item]
                     self.queued_bytes -= event.size
                     self.stats.dropped_out += 1
                 else:
@@ -313,30 +340,56 @@ class Connection:
 
     @property
     def has_pending(self) -> bool:
-        return self.queued_bytes > 0 or self._ack_pending
+        return self.queued_bytes > 0 or self._ack_pending or bool(self._replay)
 
     def take_frame(self, now: float, shared: bytes = b"") -> bytes | None:
         """Assemble the next WebSocket message: queued events by priority, plus ``shared``.
 
         ``shared`` is pre-built unsequenced fragments (a topic's batch for
         this tick), appended without re-encoding.  Returns None when there is
-        nothing to send or the transport is paused.
+        nothing to send or the transport is paused.  A frame stays within
+        ``limits.max_message_size`` (Autobahn refuses larger outgoing messages):
+        what does not fit stays queued for the next flush.
         """
         if self.paused_since is not None:
             return None
         parts: list[bytes] = []
         count = 0
         ack = self.last_in_seq if self._ack_pending else 0
+        budget = self.limits.max_message_size - len(shared) - FRAME_OVERHEAD
+        size = 0
+        full = False
+        while self._replay:
+            seq, event = self._replay[0]
+            if parts and size + event.size > budget:
+                full = True
+                break
+            self._replay.popleft()
+            size += event.size
+            self.queued_bytes -= event.size
+            self._retain(seq, event)
+            parts.append(envelope_fragment(event, seq, ack))
+            ack = 0
+            count += 1
         for queue in self._queues.values():
-            while queue:
-                item = queue.popleft()
-                event = self._keyed.pop(item) if isinstance(item, str) else item
+            while queue and not full:
+                item = queue[0]
+                event = self._keyed[item] if isinstance(item, str) else item
+                if parts and size + event.size > budget:
+                    full = True
+                    break
+                queue.popleft()
+                if isinstance(item, str):
+                    del self._keyed[item]
+                size += event.size
                 self.queued_bytes -= event.size
                 seq = 0
                 if event.reliable:
                     seq = self.next_out_seq
                     self.next_out_seq += 1
                     self._retain(seq, event)
+                    if self.on_sequenced is not None:
+                        self.on_sequenced(seq, event)
                 parts.append(envelope_fragment(event, seq, ack))
                 ack = 0
                 count += 1
@@ -369,6 +422,14 @@ class Connection:
         self.stats.messages_out += 1
         self.stats.bytes_out += size
         self.stats.events_out += events
+
+    def replay(self, events: list[tuple[int, OutEvent]]) -> None:
+        """Resend already-sequenced reliable events (a resume), before anything else."""
+        for seq, event in events:
+            self._replay.append((seq, event))
+            self.queued_bytes += event.size
+        if events:
+            self.urgent = True
 
     def _retain(self, seq: int, event: OutEvent) -> None:
         """Keep a reliable event until acknowledged, within count and byte bounds."""

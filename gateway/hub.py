@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.codes import CloseCode
 from gateway.connection import Connection, Disconnect
@@ -45,13 +47,19 @@ class Hub:
         self._transports: dict[int, Transport] = {}
         self._by_player: dict[str, set[Transport]] = {}
         self._topics: dict[str, set[Transport]] = {}
-        self._subscriptions: dict[int, set[str]] = {}
         self._dirty: set[Transport] = set()
         self._batches: dict[str, list[OutEvent]] = {}
+        self._failed: set[int] = set()  # connections closed for a Disconnect: deliver nothing more
         self.prepare = prepare
         self.on_topic_added: Callable[[str], object] | None = None
         self.on_topic_removed: Callable[[str], object] | None = None
         self.on_close: Callable[[Transport, Disconnect], object] | None = None
+        # Write-ahead: frames carrying newly sequenced reliable events wait until
+        # persist(connections) fires (see gateway.session.manager).
+        self.persist: Callable[[list[Connection]], defer.Deferred[None]] | None = None
+        self.needs_persist: Callable[[Connection], bool] = lambda conn: False
+        self.on_persist_failed: Callable[[], object] = lambda: None
+        self._held: dict[int, list[bytes]] = {}  # connection id -> frames awaiting persistence
 
     # ------------------------------------------------------------------ registry
 
@@ -70,10 +78,11 @@ class Hub:
             players.discard(transport)
             if not players:
                 del self._by_player[conn.player_id]
-        for topic in tuple(self._subscriptions.get(conn.id, ())):
+        for topic in tuple(conn.topics):
             self.unsubscribe(transport, topic)
-        self._subscriptions.pop(conn.id, None)
         self._dirty.discard(transport)
+        self._held.pop(conn.id, None)
+        self._failed.discard(conn.id)
 
     def __len__(self) -> int:
         return len(self._transports)
@@ -102,16 +111,14 @@ class Hub:
             if self.on_topic_added is not None:
                 self.on_topic_added(topic)
         members.add(transport)
-        self._subscriptions.setdefault(transport.connection.id, set()).add(topic)
+        transport.connection.topics.add(topic)
 
     def unsubscribe(self, transport: Transport, topic: str) -> None:
         members = self._topics.get(topic)
         if members is None:
             return
         members.discard(transport)
-        subs = self._subscriptions.get(transport.connection.id)
-        if subs is not None:
-            subs.discard(topic)
+        transport.connection.topics.discard(topic)
         if not members:
             del self._topics[topic]
             self._batches.pop(topic, None)
@@ -122,7 +129,7 @@ class Hub:
         return tuple(self._topics.get(topic, ()))
 
     def topics_of(self, transport: Transport) -> frozenset[str]:
-        return frozenset(self._subscriptions.get(transport.connection.id, ()))
+        return frozenset(transport.connection.topics)
 
     def has_topic(self, topic: str) -> bool:
         return topic in self._topics
@@ -132,6 +139,8 @@ class Hub:
     def deliver(self, transport: Transport, event: OutEvent, *, urgent: bool = False) -> bool:
         """Queue ``event`` for one connection; urgent events are flushed at once."""
         conn = transport.connection
+        if conn.id in self._failed:
+            return False  # closing until the transport reports it lost: no more memory for it
         try:
             accepted = conn.enqueue(event, urgent=urgent)
         except Disconnect as exc:
@@ -156,7 +165,9 @@ class Hub:
             self._fail(transport, exc)
             return
         if frame is not None:
-            transport.send_frame(frame)
+            waiting: list[Transport] = []
+            self._emit(transport, frame, waiting)
+            self._persist_then_send(waiting)
         if conn.has_pending:
             self._dirty.add(transport)
         else:
@@ -168,10 +179,16 @@ class Hub:
         dirty = self._dirty
         self._dirty = set()
         private = list(dirty)
+        waiting: list[Transport] = []
         prepared: dict[tuple[str, int], tuple[Any, int]] = {}
         for transport, (key, data, count) in shared.items():
             conn = transport.connection
-            if transport in dirty or conn.has_pending or conn.paused_since is not None:
+            if (
+                transport in dirty
+                or conn.has_pending
+                or conn.paused_since is not None
+                or conn.id in self._held
+            ):
                 if transport not in dirty:
                     private.append(transport)
                 continue
@@ -194,9 +211,51 @@ class Hub:
                 self._fail(transport, exc)
                 continue
             if frame is not None:
-                transport.send_frame(frame)
+                self._emit(transport, frame, waiting)
             if conn.has_pending:
                 self._dirty.add(transport)
+        self._persist_then_send(waiting)
+
+    def _emit(self, transport: Transport, frame: bytes, waiting: list[Transport]) -> None:
+        """Send, unless the frame's reliable events must be persisted first (write-ahead).
+
+        Frames of a connection whose persistence is in flight queue behind it,
+        so a connection's frames always leave in the order they were built.
+        """
+        conn = transport.connection
+        held = self._held.get(conn.id)
+        if held is not None:
+            held.append(frame)
+            return
+        if self.persist is not None and self.needs_persist(conn):
+            self._held[conn.id] = [frame]
+            waiting.append(transport)
+            return
+        transport.send_frame(frame)
+
+    def _persist_then_send(self, waiting: list[Transport]) -> None:
+        if not waiting or self.persist is None:
+            return
+        d = self.persist([t.connection for t in waiting])
+
+        def release(result: object) -> None:
+            if isinstance(result, Failure):
+                log.failure("persisting sessions failed; sending anyway", result)
+                self.on_persist_failed()
+            again: list[Transport] = []
+            for transport in waiting:
+                conn = transport.connection
+                if conn.id not in self._transports:
+                    self._held.pop(conn.id, None)
+                    continue
+                if self.needs_persist(conn):
+                    again.append(transport)  # newer frames carry newer events: persist those too
+                    continue
+                for frame in self._held.pop(conn.id, ()):
+                    transport.send_frame(frame)
+            self._persist_then_send(again)
+
+        d.addBoth(release)
 
     def _prepare(self, data: bytes) -> Any:
         return self.prepare(data) if self.prepare is not None else data
@@ -228,6 +287,7 @@ class Hub:
 
     def _fail(self, transport: Transport, exc: Disconnect) -> None:
         self._dirty.discard(transport)
+        self._failed.add(transport.connection.id)
         if self.on_close is not None:
             self.on_close(transport, exc)
         transport.close(exc.code, exc.reason)

@@ -86,3 +86,53 @@ class Metrics:
             "rtgateway_ticks_skipped", "Ticks missed after a stall", ["group"], registry=r
         )
         self.draining = Gauge("rtgateway_draining", "1 while draining", registry=r)
+        # Bus (cross-instance fan-out)
+        self.backend_ready = Gauge(
+            "rtgateway_backend_ready", "1 while the backend answers", registry=r
+        )
+        self.bus_published = Counter(
+            "rtgateway_bus_published", "Messages published on the bus", registry=r
+        )
+        self.bus_received = Counter(
+            "rtgateway_bus_received", "Bus messages from other instances", registry=r
+        )
+        self.bus_gaps = Counter(
+            "rtgateway_bus_gaps", "Bus messages seen missing by sequence number", registry=r
+        )
+        self.bus_dropped = Counter(
+            "rtgateway_bus_dropped", "Bus messages dropped", ["reason"], registry=r
+        )
+        self.bus_outbox = Gauge(
+            "rtgateway_bus_outbox", "Publishes waiting for the backend", registry=r
+        )
+        self.bus_resyncs = Counter(
+            "rtgateway_bus_resyncs", "Bus reconnects followed by a resync", registry=r
+        )
+        # Sessions
+        self.sessions_active = Gauge(
+            "rtgateway_sessions_active", "Sessions with a live connection here", registry=r
+        )
+        self.sessions_suspended = Counter(
+            "rtgateway_sessions_suspended", "Sessions suspended on disconnect", registry=r
+        )
+        self.sessions_resumed = Counter(
+            "rtgateway_sessions_resumed", "Sessions resumed", registry=r
+        )
+        self.sessions_expired = Counter(
+            "rtgateway_sessions_expired", "Resume attempts for expired sessions", registry=r
+        )
+        self.resume_seconds = Histogram(
+            "rtgateway_resume_seconds", "Hello with a resume token to replay queued",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.replayed_events = Counter(
+            "rtgateway_replayed_events", "Reliable events replayed on resume", registry=r
+        )
+        self.refused_tokens = Counter(
+            "rtgateway_refused_reconnect_tokens", "Refused reconnection tokens", ["reason"],
+            registry=r,
+        )
+        self.persist_skipped = Counter(
+            "rtgateway_persist_skipped", "Frames sent without persisting (backend down)",
+            registry=r,
+        )

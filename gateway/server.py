@@ -34,13 +34,18 @@ from gateway.events import (
     Router,
     parse_inbound,
 )
+from gateway.backend.base import Backend
+from gateway.bus import Fanout
+from gateway.delivery import Delivery
 from gateway.hub import Hub, Transport
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBucket
+from gateway.session.core import player_topic, session_topic
+from gateway.session.manager import SessionManager, SessionOpened
 from gateway.states import State
 from gateway.system_events import register as register_system_events
 from gateway.wire import COMPRESSION_NAMES, OutEvent
-from protocol import events_pb2
+from protocol import events_pb2, internal_pb2
 
 __all__ = ["Admission", "Gateway", "HandshakeRequest", "Reject"]
 
@@ -106,6 +111,9 @@ class Gateway:
         self.router = Router(on_failure=self._handler_failed)
         self.hub = Hub()
         self.hub.on_close = self._closing
+        self.delivery = Delivery(self.registry, self.hub, self.metrics)
+        self.sessions: SessionManager | None = None
+        self.fanout: Fanout | None = None
         self.instance_id = instance_id or config.server.instance_id or secrets.token_hex(4)
         self.draining = False
         self.listening = False
@@ -123,6 +131,31 @@ class Gateway:
         self._compression_preference = preference
 
     # ------------------------------------------------------------------ lifecycle
+
+    def attach(self, backend: Backend, sessions: SessionManager, fanout: Fanout) -> None:
+        """Connect the engine to a backend: sessions, topic logs and the bus."""
+        self.sessions = sessions
+        self.fanout = fanout
+        self.delivery.sessions = sessions
+        self.delivery.fanout = fanout
+        self.backend_ready = lambda: backend.ready
+        self.hub.persist = self._persist
+        self.hub.needs_persist = sessions.needs_persist
+        self.hub.on_topic_added = fanout.subscribe
+        self.hub.on_topic_removed = fanout.unsubscribe
+        fanout.on_event = self.delivery.remote
+        fanout.on_control = self._control
+
+    def _persist(self, conns: list[Connection]) -> defer.Deferred[None]:
+        assert self.sessions is not None
+        if not self.sessions.backend.ready:
+            # Local traffic keeps flowing while the store is down; resume may then resync.
+            self.metrics.persist_skipped.inc(len(conns))
+            for conn in conns:
+                if conn.session is not None:
+                    conn.session.journal.clear()
+            return defer.succeed(None)
+        return self.sessions.persist(conns)
 
     def start(self) -> None:
         self._sweeper = task.LoopingCall(self.sweep)
@@ -240,10 +273,12 @@ class Gateway:
         if conn.urgent and conn.state is not State.DISCONNECTED:
             self.hub.flush_one(transport, self.now())
 
-    def closed(self, transport: Transport, code: int | None) -> None:
+    def closed(self, transport: Transport, code: int | None, *, goodbye: bool = False) -> None:
+        """The transport is gone.  ``goodbye``: the client closed cleanly with 1000."""
         conn = transport.connection
         if conn.state is State.DISCONNECTED:
             return
+        topics = tuple(conn.topics)
         self.hub.remove(transport)
         count = self._per_ip.get(conn.peer, 0) - 1
         if count > 0:
@@ -255,6 +290,10 @@ class Gateway:
         was_authenticated = conn.authenticated
         conn.machine.to(State.DISCONNECTED)
         self.metrics.closes.labels(str(code or 1006)).inc()
+        if self.sessions is not None and conn.session is not None and not conn.session.replaced:
+            end = goodbye or (code is not None and code in NO_RECONNECT)
+            d = self.sessions.end(conn) if end else self.sessions.suspend(conn, topics)
+            d.addErrback(lambda f: log.failure("session bookkeeping failed", f))
         if was_authenticated:
             for hook in tuple(self.on_disconnected):
                 try:
@@ -381,7 +420,119 @@ class Gateway:
                 break
         conn.compression_threshold = self.config.compression.threshold
         conn.zlib_level = self.config.compression.zlib_level
-        conn.session_id = secrets.token_hex(16)
+        d = self._establish(transport, hello)
+        d.addErrback(self._establish_failed, transport)
+
+    def _establish_failed(self, failure: Failure, transport: Transport) -> None:
+        if failure.check(Disconnect):
+            self.close(transport, failure.value.code, failure.value.reason)
+            return
+        log.failure("session set-up failed for {player}", failure,
+                    player=transport.connection.player_id)
+        self.close(transport, CloseCode.INTERNAL, "session set-up failed")
+
+    @defer.inlineCallbacks
+    def _establish(
+        self, transport: Transport, hello: events_pb2.Hello
+    ) -> defer.Generator[defer.Deferred[Any], Any, None]:
+        """Open or resume the session, restore subscriptions, catch up, then welcome."""
+        conn = transport.connection
+        if self.sessions is None:
+            opened = SessionOpened(secrets.token_hex(16), "", False, False, [], [])
+            conn.session_id = opened.session_id
+        else:
+            opened = yield self.sessions.open(conn, hello)
+        if conn.state is not State.AUTHENTICATING:
+            if self.sessions is not None and conn.session is not None:
+                yield self.sessions.suspend(conn, ())
+            return  # the connection closed while the session was being set up
+        if opened.resumed:
+            self._replace_previous(conn)
+        if self.sessions is not None:
+            sessions = self.sessions
+            conn.on_sequenced = lambda seq, ev: sessions.sequenced(conn, seq, ev)
+            conn.on_ack = lambda ack: sessions.acked(conn, ack)
+        conn.machine.to(State.AUTHENTICATED)
+        self.hub.bind_player(transport)
+        full_resync = opened.full_resync
+        catch_up = [t for t in opened.topics if not t.startswith("session:")]
+        link = conn.session
+        if link is not None:
+            for topic in catch_up:
+                link.holding[topic] = []  # live events wait until the log is read
+        for topic in (player_topic(conn.player_id), session_topic(opened.session_id),
+                      *opened.topics):
+            self.hub.subscribe(transport, topic)
+        caught: list[tuple[str, list[Any]]] = []
+        if catch_up and self.sessions is not None and self.fanout is not None:
+            yield self.fanout.subscribed(catch_up)  # subscribe first, then read the logs
+            for topic in catch_up:
+                entries, gap = yield self.sessions.catch_up(conn, topic)
+                full_resync = full_resync or gap
+                caught.append((topic, entries))
+        if conn.state is not State.AUTHENTICATED:
+            return
+        self._send_welcome(transport, opened, full_resync)
+        conn.replay(opened.replay)
+        for topic, entries in caught:
+            self._deliver_caught_up(transport, topic, entries)
+        self.hub.flush_one(transport, self.now())
+        for hook in tuple(self.on_authenticated):
+            try:
+                hook(transport)
+            except Exception:
+                log.failure("connect hook failed for {player}", player=conn.player_id)
+
+    def _deliver_caught_up(self, transport: Transport, topic: str, entries: list[Any]) -> None:
+        """Logged events the session missed, then the live ones held meanwhile, in order."""
+        link = transport.connection.session
+        held = link.holding.pop(topic, []) if link is not None else []
+        for seq, entry in entries:
+            spec = self.registry.get(entry.type)
+            version = transport.connection.versions.get(entry.type)
+            if spec is None or version is None:
+                continue
+            message = spec.versions[spec.latest].FromString(entry.payload)
+            event = self.registry.encode(entry.type, message, version,
+                                         correlation_id=entry.correlation_id)
+            event.topic, event.topic_seq = topic, seq
+            self.delivery.deliver_topic_event(transport, event)
+        for event in held:
+            self.delivery.deliver_topic_event(transport, event)
+
+    def _replace_previous(self, conn: Connection) -> None:
+        """One live connection per session: the previous one (here or elsewhere) goes."""
+        owner, connection_id = getattr(conn, "previous_owner", ("", 0))
+        if not owner:
+            return
+        if owner == self.instance_id:
+            old = self.hub.get(connection_id)
+            if old is not None and old.connection is not conn:
+                if old.connection.session is not None:
+                    old.connection.session.replaced = True
+                self.close(old, CloseCode.REPLACED, "replaced by a newer connection",
+                           reconnect=False)
+        elif self.fanout is not None:
+            control = internal_pb2.BusControl(
+                action="replace", session_id=conn.session_id, code=int(CloseCode.REPLACED),
+                reason="replaced by a newer connection",
+            )
+            self.fanout.publish_control(session_topic(conn.session_id), control)
+
+    def _control(self, control: internal_pb2.BusControl) -> None:
+        """Instructions from other instances for sessions or players held here."""
+        if control.action in ("replace", "kick", "revoke") and control.session_id:
+            for transport in self.hub.subscribers(session_topic(control.session_id)):
+                link = transport.connection.session
+                if control.action == "replace" and link is not None:
+                    link.replaced = True
+                code = CloseCode(control.code) if control.code in CloseCode._value2member_map_ \
+                    else CloseCode.KICKED
+                self.close(transport, code, control.reason or control.action, reconnect=False)
+
+    def _send_welcome(self, transport: Transport, opened: SessionOpened,
+                      full_resync: bool) -> None:
+        conn = transport.connection
         limits = self.config.limits
         welcome = events_pb2.Welcome(
             session_id=conn.session_id,
@@ -400,17 +551,13 @@ class Gateway:
                 messages_burst=limits.messages_burst,
             ),
             token_expires_at=int(conn.token_expires_at),
+            reconnect_token=opened.reconnect_token,
+            resumed=opened.resumed,
+            full_resync=full_resync,
         )
-        conn.machine.to(State.AUTHENTICATED)
-        self.hub.bind_player(transport)
         self.send_to_connection(conn, "system.welcome", welcome, urgent=True)
         self.metrics.handshakes.labels("101").inc()
         self.metrics.handshake_seconds.observe(max(0.0, self.now() - conn.connected_at))
-        for hook in tuple(self.on_authenticated):
-            try:
-                hook(transport)
-            except Exception:
-                log.failure("connect hook failed for {player}", player=conn.player_id)
 
     def _refresh(self, transport: Transport, token: str, env: events_pb2.Envelope) -> None:
         conn = transport.connection
@@ -425,7 +572,9 @@ class Gateway:
                 return
             conn.token_expires_at = identity.expires_at
             msg = events_pb2.AuthRefreshed(token_expires_at=int(identity.expires_at))
-            self.send_to_connection(conn, "system.auth_refreshed", msg, urgent=True)
+            self.send_to_connection(
+                conn, "system.auth_refreshed", msg, correlation_id=env.correlation_id, urgent=True
+            )
 
         def bad(failure: Failure) -> None:
             reason = failure.value.reason if failure.check(AuthError) else "internal"
@@ -470,47 +619,12 @@ class Gateway:
         self.send_to_players((player_id,), type_, message)
 
     def send_to_players(self, player_ids: Iterable[str], type_: str, message: Message) -> None:
-        """Encode once per version in use, queue per connection."""
-        spec = self.registry[type_]
-        encoded: dict[int, OutEvent] = {}
-        for player_id in player_ids:
-            for transport in self.hub.for_player(player_id):
-                version = transport.connection.versions.get(type_)
-                if version is None:
-                    continue
-                event = encoded.get(version)
-                if event is None:
-                    event = encoded[version] = self.registry.encode(
-                        type_, message, version, priority=spec.priority
-                    )
-                self.hub.deliver(transport, event)
+        """To every connection of these players, on any instance (their player topics)."""
+        self.delivery.to_players(player_ids, type_, message)
 
     def publish(self, topic: str, type_: str, message: Message) -> None:
-        """Deliver to this instance's subscribers of ``topic``.
-
-        Unreliable events go through the hub's shared per-topic batch (framed
-        once per tick); reliable ones need each connection's own sequence
-        number and are queued per connection, still encoded only once.
-        """
-        spec = self.registry[type_]
-        subscribers = self.hub.subscribers(topic)
-        if not subscribers:
-            return
-        latest = self.registry.encode(type_, message, spec.latest)
-        others: dict[int, OutEvent] = {}
-        for transport in subscribers:
-            conn = transport.connection
-            version = conn.versions.get(type_)
-            if version is None or not conn.authenticated:
-                continue
-            if version == spec.latest and not spec.reliable:
-                continue  # shared below
-            event = latest if version == spec.latest else others.get(version)
-            if event is None:
-                event = others[version] = self.registry.encode(type_, message, version)
-            self.hub.deliver(transport, event)
-        if not spec.reliable:
-            self.hub.share(topic, latest)
+        """To every subscriber of ``topic`` on any instance (see gateway.delivery)."""
+        self.delivery.publish(topic, type_, message)
 
     def send_error(
         self,

@@ -19,11 +19,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.auth import TokenVerifier, build_verifier
+from gateway.backend.memory import MemoryBackend
+from gateway.bus import Fanout
 from gateway.config import Config, read_secret
 from gateway.listener import ListenerService
 from gateway.metrics import Metrics
 from gateway.plugin import load_plugins
 from gateway.server import Gateway
+from gateway.session.manager import SessionManager
 from gateway.tick import TickScheduler
 from gateway.web.admin import make_admin_site
 from gateway.ws import GatewayFactory
@@ -64,6 +67,14 @@ class GatewayService(service.MultiService):
         )
         self.factory = GatewayFactory(self.gateway, reactor=reactor)
 
+        self.backend = self._make_backend(config, reactor)
+        self.fanout = Fanout(self.backend, self.instance_id, self.metrics)
+        self.sessions = SessionManager(
+            self.backend, config.session, self.metrics, self.instance_id, self.gateway.registry
+        )
+        self.gateway.attach(self.backend, self.sessions, self.fanout)
+        self.backend.on_ready_change = self._chain_ready(self.backend.on_ready_change)
+
         self.ticks = TickScheduler(
             reactor,
             config.tick.critical_hz,
@@ -72,6 +83,8 @@ class GatewayService(service.MultiService):
         )
         self.ticks.add("critical", lambda _info: self.gateway.flush(), phase="flush",
                        name="outbound flush")
+        self.ticks.add("normal", self._housekeeping, phase="flush", name="session write-behind")
+        self._housekeeping_count = 0
         self.ticks.setServiceParent(self)
 
         # Plugins register their events and handlers before anything listens.
@@ -106,6 +119,31 @@ class GatewayService(service.MultiService):
                 self
             )
 
+    def _make_backend(self, config: Config, reactor: Any) -> Any:
+        if config.backend.type == "redis":
+            # Imported here: txredisapi imports the reactor (see STACK.md).
+            from gateway.backend.redis import RedisBackend
+
+            return RedisBackend(config.backend, reactor=reactor, instance_id=self.instance_id,
+                                metrics=self.metrics)
+        return MemoryBackend(reactor)
+
+    def _chain_ready(self, previous: Any) -> Any:
+        def changed(ready: bool) -> None:
+            previous(ready)
+            self.metrics.backend_ready.set(1 if ready else 0)
+            log.info("backend {state}", state="ready" if ready else "NOT ready")
+
+        return changed
+
+    def _housekeeping(self, _info: Any) -> None:
+        # Every ~60 s hand over all live connections so long sessions refresh their TTLs.
+        self._housekeeping_count += 1
+        live = self.gateway.hub.connections() if self._housekeeping_count % 600 == 0 else ()
+        d = self.sessions.housekeeping(live)
+        d.addErrback(lambda f: log.warn("session write-behind failed: {e}",
+                                        e=f.getErrorMessage()))
+
     def manhole_namespace(self) -> dict[str, Any]:
         """What an operator sees in the manhole: live objects, not copies."""
         return {
@@ -117,6 +155,8 @@ class GatewayService(service.MultiService):
             "ticks": self.ticks,
             "drain": self.gateway.drain,
             "plugins": {p.name: p for p in self.plugins},
+            "backend": self.backend,
+            "sessions": self.sessions,
         }
 
     def _tick_done(self, group: str, duration: float, overran: bool, skipped: int) -> None:
@@ -136,6 +176,10 @@ class GatewayService(service.MultiService):
                 "are allowed"
             )
         self.gateway.start()
+        d = self.backend.start()
+        d.addCallback(lambda _: self.metrics.backend_ready.set(1 if self.backend.ready else 0))
+        d.addErrback(lambda f: log.warn("backend not reachable yet ({error}); retrying",
+                                        error=f.getErrorMessage()))
         super().startService()
         self.ws.when_listening().addCallback(self._listening)
 
@@ -152,6 +196,7 @@ class GatewayService(service.MultiService):
         self.gateway.flush()
         self.gateway.stop()
         yield defer.maybeDeferred(super().stopService)
+        yield self.backend.stop()
         log.info("rtgateway instance {instance} stopped", instance=self.instance_id)
 
 

@@ -81,6 +81,10 @@ class OutEvent:
     priority: int
     reliable: bool
     key: str | None = None
+    # Reliable topic events: the topic and the event's position in its log, so a
+    # session can tell what it already has (cursor) and catch up after a resume.
+    topic: str | None = None
+    topic_seq: int = 0
     size: int = field(init=False)
     _plain: bytes | None = field(default=None, init=False, repr=False)
 

@@ -59,7 +59,9 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                 headers=request.headers,
                 params=request.params,
                 protocols=tuple(request.protocols),
-                origin=request.origin if request.origin not in (None, "null") else None,
+                # A missing Origin header arrives as "": a non-browser client, always allowed.
+                # (Autobahn itself refuses "null" before onConnect: allowNullOrigin is off.)
+                origin=request.origin or None,
             )
             d = gateway.admit(handshake)
         except Exception:
@@ -101,7 +103,8 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         except (RuntimeError, AttributeError):
             pass
         close_code = self.localCloseCode if self.closedByMe else code
-        self.factory.gateway.closed(self, close_code)
+        goodbye = bool(wasClean and not self.closedByMe and code == 1000)
+        self.factory.gateway.closed(self, close_code, goodbye=goodbye)
 
     # -------------------------------------------------------------- IPushProducer
 
@@ -118,6 +121,8 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     # -------------------------------------------------------------- Transport (hub side)
 
     def send_frame(self, data: bytes) -> None:
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return  # closing: Autobahn would raise Disconnected (and break the hub's flush)
         try:
             self.sendMessage(data, isBinary=True)
         except PayloadExceededError:

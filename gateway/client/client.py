@@ -123,6 +123,8 @@ class GatewayClient:
         self.close_reason: str | None = None
         self.disconnect: events_pb2.Disconnect | None = None
         self.draining: events_pb2.Draining | None = None
+        #: The reconnection token of the current session ("" before the first welcome).
+        self.resume_token = ""
 
     # ------------------------------------------------------------------ public API
 
@@ -314,7 +316,8 @@ class GatewayClient:
         self._last_received = self.reactor.seconds()
         self._set_state(State.CONNECTED)
         token = self.token if self.token_via == "hello" else ""
-        proto.sendMessage(self.session.hello(token=token), isBinary=True)
+        proto.sendMessage(self.session.hello(token=token, resume_token=self.resume_token),
+                          isBinary=True)
         self._set_state(State.AUTHENTICATING)
 
     def _received(self, proto: _Protocol, payload: bytes, is_binary: bool) -> None:
@@ -361,6 +364,7 @@ class GatewayClient:
 
     def _welcomed(self, welcome: events_pb2.Welcome) -> None:
         self.session.on_welcome(welcome)
+        self.resume_token = welcome.reconnect_token  # tokens rotate on every use
         self._set_state(State.AUTHENTICATED)
         if getattr(self, "_timeout", None) is not None and self._timeout.active():
             self._timeout.cancel()
