@@ -40,6 +40,8 @@ class Transport(Protocol):
 
 
 Preparer = Callable[[bytes], Any]
+#: ``observer(transport, direction, frame)``: "in" or "out", the WebSocket message as sent.
+FrameObserver = Callable[["Transport", str, bytes], None]
 
 
 class Hub:
@@ -51,9 +53,13 @@ class Hub:
         self._batches: dict[str, list[OutEvent]] = {}
         self._failed: set[int] = set()  # connections closed for a Disconnect: deliver nothing more
         self.prepare = prepare
+        self.clock: Callable[[], float] = lambda: 0.0  # set by the gateway (reactor seconds)
         self.on_topic_added: Callable[[str], object] | None = None
         self.on_topic_removed: Callable[[str], object] | None = None
         self.on_close: Callable[[Transport, Disconnect], object] | None = None
+        # Raw frames as they cross the wire (session recording); while empty the
+        # send paths pay one truthiness check.  Gateway.frame_observers is this list.
+        self.frame_observers: list[FrameObserver] = []
         # Write-ahead: frames carrying newly sequenced reliable events wait until
         # persist(connections) fires (see gateway.session.manager).
         self.persist: Callable[[list[Connection]], defer.Deferred[None]] | None = None
@@ -147,7 +153,7 @@ class Hub:
             self._fail(transport, exc)
             return False
         if urgent:
-            self.flush_one(transport, conn.connected_at)
+            self.flush_one(transport, self.clock())
         else:
             self._dirty.add(transport)
         return accepted
@@ -180,7 +186,7 @@ class Hub:
         self._dirty = set()
         private = list(dirty)
         waiting: list[Transport] = []
-        prepared: dict[tuple[str, int], tuple[Any, int]] = {}
+        prepared: dict[tuple[str, int], tuple[Any, int, bytes]] = {}
         for transport, (key, data, count) in shared.items():
             conn = transport.connection
             if (
@@ -197,8 +203,16 @@ class Hub:
             entry = prepared.get((key, codec))
             if entry is None:
                 raw = compress_frame(data, codec, conn.zlib_level) if codec else data
-                entry = prepared[(key, codec)] = (self._prepare(raw), len(raw))
-            transport.send_prepared(entry[0], entry[1])
+                entry = prepared[(key, codec)] = (self._prepare(raw), len(raw), raw)
+            try:
+                transport.send_prepared(entry[0], entry[1])
+            except Exception:
+                log.failure("sending to connection {id} failed", id=conn.id)
+                self._failed.add(conn.id)
+                transport.abort()
+                continue
+            if self.frame_observers:
+                self.observe_frame(transport, "out", entry[2])
             conn.count_shared(entry[1], count)
         for transport in private:
             conn = transport.connection
@@ -231,7 +245,22 @@ class Hub:
             self._held[conn.id] = [frame]
             waiting.append(transport)
             return
-        transport.send_frame(frame)
+        self._send(transport, frame)
+
+    def _send(self, transport: Transport, frame: bytes) -> None:
+        """Write one frame; one connection's failure must not cost the rest of the tick."""
+        try:
+            transport.send_frame(frame)
+        except Exception:
+            log.failure("sending to connection {id} failed", id=transport.connection.id)
+            self._failed.add(transport.connection.id)
+            try:
+                transport.abort()
+            except Exception:
+                log.failure("aborting connection {id} failed", id=transport.connection.id)
+            return
+        if self.frame_observers:
+            self.observe_frame(transport, "out", frame)
 
     def _persist_then_send(self, waiting: list[Transport]) -> None:
         if not waiting or self.persist is None:
@@ -252,10 +281,18 @@ class Hub:
                     again.append(transport)  # newer frames carry newer events: persist those too
                     continue
                 for frame in self._held.pop(conn.id, ()):
-                    transport.send_frame(frame)
+                    self._send(transport, frame)
             self._persist_then_send(again)
 
         d.addBoth(release)
+
+    def observe_frame(self, transport: Transport, direction: str, data: bytes) -> None:
+        """Show a raw frame to every observer; an observer's failure is logged, never raised."""
+        for observer in tuple(self.frame_observers):
+            try:
+                observer(transport, direction, data)
+            except Exception:
+                log.failure("frame observer {observer!r} failed", observer=observer)
 
     def _prepare(self, data: bytes) -> Any:
         return self.prepare(data) if self.prepare is not None else data

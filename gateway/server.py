@@ -111,7 +111,10 @@ class Gateway:
         self.router = Router(on_failure=self._handler_failed)
         self.hub = Hub()
         self.hub.on_close = self._closing
+        # observer(transport, "in" | "out", raw frame): the hub's list, shared (recording).
+        self.frame_observers = self.hub.frame_observers
         self.delivery = Delivery(self.registry, self.hub, self.metrics)
+        self.hub.clock = self.now
         self.sessions: SessionManager | None = None
         self.fanout: Fanout | None = None
         self.instance_id = instance_id or config.server.instance_id or secrets.token_hex(4)
@@ -258,6 +261,8 @@ class Gateway:
         conn = transport.connection
         self.metrics.frames_in.inc()
         self.metrics.wire_bytes_in.inc(len(data))
+        if self.frame_observers:
+            self.hub.observe_frame(transport, "in", data)
         try:
             envelopes = conn.receive(data, self.now())
             for env in envelopes:
@@ -688,6 +693,8 @@ class Gateway:
                     frame = conn.take_frame(self.now())
                     if frame is not None:
                         transport.send_frame(frame)
+                        if self.frame_observers:
+                            self.hub.observe_frame(transport, "out", frame)
                 except Disconnect:
                     pass
         transport.close(code, reason, reconnect=reconnect)

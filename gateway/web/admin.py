@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.web import resource, server
+from twisted.web import pages, resource, server
 from twisted.web.iweb import IRequest
 
 from gateway.server import Gateway
@@ -66,6 +66,13 @@ class _Leaf(resource.Resource):
         return self._answer(request, self._post)
 
 
+class _Dir(resource.Resource):
+    """A container whose unknown children are a plain 404 (Twisted's default is deprecated)."""
+
+    def getChild(self, path: bytes, request: IRequest) -> resource.Resource:
+        return pages.notFound()
+
+
 def _json(status: int, data: Any) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
 
@@ -77,7 +84,7 @@ def make_admin_site(
     extra: dict[bytes, resource.Resource] | None = None,
 ) -> server.Site:
     """Build the admin Site; ``extra`` lets subsystems add their own children under /admin."""
-    root = resource.Resource()
+    root = _Dir()
 
     def healthz(_r: IRequest) -> tuple[int, str, bytes]:
         return 200, "text/plain", b"ok\n"
@@ -109,10 +116,10 @@ def make_admin_site(
     root.putChild(b"healthz", _Leaf(healthz))
     root.putChild(b"readyz", _Leaf(readyz))
     root.putChild(b"metrics", _Leaf(metrics))
-    debug = resource.Resource()
+    debug = _Dir()
     debug.putChild(b"connections", _Leaf(connections, token=token))
     root.putChild(b"debug", debug)
-    admin = resource.Resource()
+    admin = _Dir()
     admin.putChild(b"drain", _Leaf(post=drain, token=token))
     for name, child in (extra or {}).items():
         admin.putChild(name, child)
