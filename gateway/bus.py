@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -33,6 +34,8 @@ log = Logger()
 _CHANNEL_PREFIX = "t:"
 #: Per-channel sequence counters kept for this many channels (LRU), each side.
 _MAX_TRACKED = 100_000
+#: Seconds before retrying publishes that failed while the backend looked ready.
+OUTBOX_RETRY_SECONDS = 0.5
 
 
 def channel_for(topic: str) -> str:
@@ -53,11 +56,14 @@ class Fanout:
         metrics: Metrics,
         *,
         outbox_limit: int = 10_000,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.backend = backend
         self.instance_id = instance_id
         self.metrics = metrics
         self.outbox_limit = outbox_limit
+        self.clock = clock
+        self._retry_pending = False
         self.on_event: Callable[[internal_pb2.BusEvent], object] = lambda event: None
         self.on_control: Callable[[internal_pb2.BusControl], object] = lambda control: None
         self.on_resync: list[Callable[[], object]] = []
@@ -163,6 +169,14 @@ class Fanout:
 
     def _publish_failed(self, failure: Failure, channel: str, data: bytes) -> None:
         self._queue(channel, data)
+        if self.clock is not None and self.backend.ready and not self._retry_pending:
+            # The backend still looks up (no ready change will come): retry on our own.
+            self._retry_pending = True
+            self.clock.callLater(OUTBOX_RETRY_SECONDS, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_pending = False
+        self._drain_outbox()
 
     @defer.inlineCallbacks
     def _drain_outbox(self) -> defer.Generator[defer.Deferred[object], object, None]:
@@ -175,7 +189,11 @@ class Fanout:
                 try:
                     yield self.backend.publish(channel, data)
                 except Exception:
-                    break  # still down: the next ready change retries
+                    # Still failing: the next ready change, or the retry timer, tries again.
+                    if self.clock is not None and not self._retry_pending:
+                        self._retry_pending = True
+                        self.clock.callLater(OUTBOX_RETRY_SECONDS, self._retry)
+                    break
                 self._outbox.popleft()
         finally:
             self._draining_outbox = False

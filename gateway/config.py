@@ -369,6 +369,12 @@ def _validate_cross(config: Config) -> None:
     lim = config.limits
     if lim.outbound_hard_bytes <= lim.outbound_soft_bytes:
         raise ConfigError("limits.outbound_hard_bytes", "must be greater than outbound_soft_bytes")
+    if lim.messages_burst < lim.max_events_per_frame:
+        raise ConfigError(
+            "limits.messages_burst",
+            "must be at least limits.max_events_per_frame (one event costs one token, "
+            "so a full frame could never pass)",
+        )
     if config.tick.critical_hz % config.tick.normal_hz:
         raise ConfigError("tick.normal_hz", "must divide tick.critical_hz (one loop drives both)")
     for i, key in enumerate(config.auth.keys):

@@ -466,9 +466,10 @@ class Connection:
 
     def on_pong(self, pong: events_pb2.Pong, mono_ns: int) -> float | None:
         """Record an RTT sample from our own ping's echo; unknown or forged nonces are ignored."""
-        sent = self._pings.pop(pong.nonce, None)
+        sent = self._pings.get(pong.nonce)
         if sent is None or sent[1] != pong.sent_ns:
-            return None
+            return None  # unknown or forged: the real pong may still come
+        del self._pings[pong.nonce]
         rtt = max(0, mono_ns - sent[1]) / 1e9
         self.rtt.sample(rtt)
         return rtt

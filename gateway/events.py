@@ -124,6 +124,9 @@ class EventSpec:
             raise ValueError(f"event type {self.type!r}: at least one version")
         if any(v < 1 for v in self.versions):
             raise ValueError(f"event type {self.type!r}: versions start at 1")
+        if max(self.versions) - min(self.versions) + 1 != len(self.versions):
+            # convert() steps one version at a time: a gap could never be crossed.
+            raise ValueError(f"{self.type}: versions must be consecutive (no gaps)")
         for v in sorted(self.versions)[:-1]:
             if v + 1 in self.versions and v not in self.upgraders:
                 raise ValueError(f"{self.type}: no upgrader from v{v} to v{v + 1}")
@@ -315,7 +318,11 @@ def parse_inbound(
     except DecodeError:
         raise EventError(ErrorCode.BAD_PAYLOAD, f"payload is not a valid {s.type} v{version}")
     if version != s.latest:
-        message = s.convert(message, version, s.latest)
+        try:
+            message = s.convert(message, version, s.latest)
+        except Exception:
+            log.failure("upgrading {type} v{version} failed", type=s.type, version=version)
+            raise EventError(ErrorCode.BAD_PAYLOAD, f"{s.type} v{version} could not be upgraded")
     return s, version, message
 
 

@@ -160,6 +160,8 @@ class Hub:
 
     def share(self, topic: str, event: OutEvent) -> None:
         """Queue an unreliable event for every subscriber of ``topic``, encoded once."""
+        if event.reliable:
+            raise ValueError("shared batches carry no seq: reliable events go per connection")
         if topic in self._topics:
             self._batches.setdefault(topic, []).append(event)
 

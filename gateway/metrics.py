@@ -105,6 +105,9 @@ class Metrics:
         self.bus_outbox = Gauge(
             "rtgateway_bus_outbox", "Publishes waiting for the backend", registry=r
         )
+        self.redis_events = Counter(
+            "rtgateway_redis_events", "Redis backend events by kind", ["event"], registry=r
+        )
         self.bus_resyncs = Counter(
             "rtgateway_bus_resyncs", "Bus reconnects followed by a resync", registry=r
         )

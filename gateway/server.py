@@ -9,6 +9,7 @@ Autobahn.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -555,7 +556,7 @@ class Gateway:
                 messages_per_second=limits.messages_per_second,
                 messages_burst=limits.messages_burst,
             ),
-            token_expires_at=int(conn.token_expires_at),
+            token_expires_at=_unix_seconds(conn.token_expires_at),
             reconnect_token=opened.reconnect_token,
             resumed=opened.resumed,
             full_resync=full_resync,
@@ -576,7 +577,7 @@ class Gateway:
                 )
                 return
             conn.token_expires_at = identity.expires_at
-            msg = events_pb2.AuthRefreshed(token_expires_at=int(identity.expires_at))
+            msg = events_pb2.AuthRefreshed(token_expires_at=_unix_seconds(identity.expires_at))
             self.send_to_connection(
                 conn, "system.auth_refreshed", msg, correlation_id=env.correlation_id, urgent=True
             )
@@ -789,6 +790,11 @@ def _chain(d: defer.Deferred[None]) -> defer.Deferred[None]:
     else:
         d.addBoth(lambda r: (out.callback(None), r)[1])
     return out
+
+
+def _unix_seconds(value: float) -> int:
+    """Whole seconds for the wire; 0 means "does not expire" (exp not required)."""
+    return int(value) if math.isfinite(value) else 0
 
 
 def _token_from(request: HandshakeRequest) -> str:

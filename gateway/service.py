@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -74,7 +75,7 @@ class GatewayService(service.MultiService):
         self.factory = GatewayFactory(self.gateway, reactor=reactor)
 
         self.backend = backend if backend is not None else self._make_backend(config, reactor)
-        self.fanout = Fanout(self.backend, self.instance_id, self.metrics)
+        self.fanout = Fanout(self.backend, self.instance_id, self.metrics, clock=reactor)
         self.sessions = SessionManager(
             self.backend, config.session, self.metrics, self.instance_id, self.gateway.registry
         )
@@ -203,6 +204,10 @@ class GatewayService(service.MultiService):
         self.gateway.stop()
         yield defer.maybeDeferred(super().stopService)
         yield self.backend.stop()
+        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+            # twistd re-raises the signal that stopped the reactor (exit status -15).
+            # SIGTERM is our graceful shutdown and it completed: exit 0 instead.
+            self.reactor._exitSignal = None
         log.info("rtgateway instance {instance} stopped", instance=self.instance_id)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from gateway.config import Config, ConfigError, load
+from gateway.config import Config, ConfigError, load, read_secret
 
 __all__ = ["Options", "makeService"]
 
@@ -52,6 +52,8 @@ class Options(usage.Options):
             from gateway.auth import load_keys
 
             load_keys(config.auth)
+            if config.admin.token_env:
+                read_secret("admin.token_env", env=config.admin.token_env)
         except ConfigError as exc:
             raise usage.UsageError(f"configuration error: {exc}")
         self.gateway_config = config

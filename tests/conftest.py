@@ -41,7 +41,7 @@ def mint(dev_key: bytes) -> Callable[..., str]:
     return _mint
 
 
-def test_config(**overrides: Any) -> Config:  # noqa: PT028
+def test_config(**overrides: Any) -> Config:
     """Loopback, ephemeral ports, then ``overrides`` as dotted keys."""
     base: dict[str, Any] = {
         "server.listen": "tcp:0:interface=127.0.0.1",

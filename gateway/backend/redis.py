@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
@@ -43,6 +43,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.backend.base import BackendUnavailable, MessageHandler
+
+if TYPE_CHECKING:
+    from gateway.backend.base import Backend
 from gateway.config import BackendConfig, ConfigError, read_secret
 
 __all__ = ["RedisBackend", "RedisMetrics", "RedisTarget", "parse_target"]
@@ -96,6 +99,33 @@ if length > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return length
+"""
+# A capped log: list items are b"<seq>:<entry>", the counter lives at KEYS[2] (key + ":n",
+# as in memory.py) so numbers are never reused after trimming.
+_APPEND_LOG = """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local max_len = tonumber(ARGV[1])
+if max_len <= 0 then
+  redis.call('DEL', KEYS[1])
+  return seq
+end
+redis.call('RPUSH', KEYS[1], string.format('%d', seq) .. ':' .. ARGV[3])
+if redis.call('LLEN', KEYS[1]) > max_len then
+  redis.call('LTRIM', KEYS[1], -max_len, -1)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return seq
+"""
+_READ_LOG = """
+local after = tonumber(ARGV[1])
+local out = {0}
+for i, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local seq = tonumber(string.sub(item, 1, string.find(item, ':', 1, true) - 1))
+  if i == 1 then out[1] = seq end
+  if seq > after then out[#out + 1] = item end
+end
+return out
 """
 
 
@@ -291,7 +321,9 @@ def _open(proto: Any, base_made: Callable[[], Any], usable: Callable[[Any], None
         if opened and proto._ready and proto.connected:
             usable(proto)
 
-    return d.addCallback(authenticate).addCallback(done)
+    opened = d.addCallback(authenticate).addCallback(done)
+    opened.addErrback(lambda f: _log.failure("Redis connection setup failed", f))
+    return opened
 
 
 class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,name-defined]
@@ -360,18 +392,23 @@ class _SentinelFactory(txredisapi.SentinelConnectionFactory):  # type: ignore[mi
 class RedisBackend:
     """The Redis backend (see :class:`gateway.backend.base.Backend` and the module docstring).
 
-    ``clock`` drives every timer of ours (command deadlines, the heartbeat,
-    the start-up deadline).  Connections themselves go through txredisapi,
-    which always uses the global reactor.
+    ``reactor`` (default: the global one) makes the connections and, unless
+    ``clock`` is given, drives every timer of ours: command deadlines, the
+    heartbeat, the start-up deadline.  txredisapi's own internals (reconnect
+    backoff, buffering) always use the global reactor.  ``metrics`` is
+    anything with a ``redis_events`` counter (:class:`RedisMetrics`); an object
+    without one (or None) is fine, ``stats`` counts regardless.
+    ``start_timeout`` bounds :meth:`start` (default 5 x command_timeout).
     """
 
     def __init__(
         self,
         config: BackendConfig,
         *,
-        clock: IReactorTime,
         instance_id: str,
-        metrics: RedisMetrics | None = None,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+        metrics: RedisMetrics | object | None = None,
         start_timeout: float | None = None,
     ) -> None:
         if not instance_id:
@@ -379,14 +416,15 @@ class RedisBackend:
         self.config = config
         self.target = parse_target(config)  # ConfigError now, at build time, not at start
         self.instance_id = instance_id
-        self.metrics = metrics
+        self._events: _LabelledCounter | None = getattr(metrics, "redis_events", None)
         self.ready = False
         self.on_message: MessageHandler = lambda channel, payload: None
         self.on_resync: Callable[[], object] = lambda: None
         self.on_ready_change: Callable[[bool], object] = lambda ready: None
         self.stats: dict[str, int] = dict.fromkeys(EVENTS, 0)
 
-        self._clock = clock
+        self._reactor = reactor if reactor is not None else _global_reactor()
+        self._clock: IReactorTime = clock if clock is not None else self._reactor
         self._prefix = config.key_prefix
         self._timeout = config.command_timeout
         self._interval = config.bus_heartbeat_seconds
@@ -458,6 +496,8 @@ class RedisBackend:
         if self._stopped:
             return defer.succeed(None)
         self._stopped = True
+        if not self._started:
+            return defer.succeed(None)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self._start_timer is not None and self._start_timer.active():
@@ -468,13 +508,14 @@ class RedisBackend:
         for waiter in waiters:
             waiter.errback(BackendUnavailable("the Redis backend is stopping"))
         self._set_ready(False)
+        self._wanted.clear()  # as MemoryBackend: a stopped backend subscribes to nothing
         closing = [defer.maybeDeferred(f.disconnect) for f in self._factories]
         if self._sentinel is not None:
             closing.append(defer.maybeDeferred(self._sentinel.disconnect))
         d = defer.gatherResults(closing, consumeErrors=True)
         d.addErrback(lambda f: _log.failure("Redis: error while disconnecting", f))
         # txredisapi hands a new connection to its pool with callLater(0): let those run.
-        d.addCallback(lambda _: task.deferLater(_global_reactor(), 0, lambda: None))
+        d.addCallback(lambda _: task.deferLater(self._reactor, 0, lambda: None))
         return d.addCallback(lambda _: None)
 
     def _connect(self) -> None:
@@ -500,7 +541,7 @@ class RedisBackend:
     def _endpoint(self) -> IStreamClientEndpoint:
         from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 
-        reactor = _global_reactor()
+        reactor = self._reactor
         t = self.target
         if t.unix_path:
             return UNIXClientEndpoint(  # type: ignore[no-untyped-call]
@@ -541,8 +582,8 @@ class RedisBackend:
 
     def _count(self, event: str) -> None:
         self.stats[event] += 1
-        if self.metrics is not None:
-            self.metrics.redis_events.labels(event).inc()
+        if self._events is not None:
+            self._events.labels(event).inc()
 
     def _set_ready(self, ready: bool) -> None:
         if ready == self.ready:
@@ -643,17 +684,22 @@ class RedisBackend:
             if proto is not self._command or self._stopped:
                 return
             self._count("ping_failure")
-            _log.warn("Redis PING failed ({error}); dropping the command connection",
-                      error=failure.getErrorMessage() or type(failure.value).__name__)
+            if isinstance(failure.value, defer.TimeoutError):
+                error = f"no reply within {self._timeout:g} s"
+            else:
+                error = failure.getErrorMessage() or type(failure.value).__name__
+            _log.warn("Redis PING failed ({error}); dropping the command connection", error=error)
             self._set_ready(False)
             if proto.transport is not None:
                 proto.transport.abortConnection()
 
-        def finished(_: object) -> None:
+        def finished(result: object) -> object:
             if self._pinging is proto:
                 self._pinging = None
+            return result
 
         d.addCallbacks(answered, failed).addBoth(finished)
+        d.addErrback(lambda f: _log.failure("Redis health check raised", f))
 
     def _heartbeat(self, proto: Any) -> None:
         """Check the previous bus heartbeat came back, then publish the next one."""
@@ -886,6 +932,26 @@ class RedisBackend:
             return defer.succeed(None)
         return self._execute("LTRIM", self._key(key), int(count), -1).addCallback(lambda _: None)
 
+    def append_log(self, key: str, entry: bytes, *, max_len: int, ttl: float
+                   ) -> defer.Deferred[int]:
+        """INCR the ``key:n`` counter, RPUSH ``b"<seq>:<entry>"``, trim, PEXPIRE both (Lua)."""
+        keys = [self._key(key), self._key(key + ":n")]
+        args = [int(max_len), _ms(ttl), _as_bytes(entry)]
+        return self._eval("append_log", _APPEND_LOG, keys, args).addCallback(int)
+
+    def read_log(self, key: str, after: int
+                 ) -> defer.Deferred[tuple[int, list[tuple[int, bytes]]]]:
+        """``(oldest, entries after after)`` from one Lua call (filters server-side)."""
+
+        def parse(reply: Any) -> tuple[int, list[tuple[int, bytes]]]:
+            entries: list[tuple[int, bytes]] = []
+            for item in reply[1:]:
+                seq, _, entry = _as_bytes(item).partition(b":")
+                entries.append((int(seq), entry))
+            return int(reply[0]), entries
+
+        return self._eval("read_log", _READ_LOG, [self._key(key)], [int(after)]).addCallback(parse)
+
     def scan(self, prefix: str = "") -> defer.Deferred[list[str]]:
         """SCAN MATCH (glob-escaped prefix) until the cursor is back at 0; sorted, unprefixed."""
         return defer.ensureDeferred(self._scan(prefix))
@@ -933,3 +999,8 @@ def _glob_escape(text: str) -> str:
     """Escape SCAN MATCH's glob characters so a prefix matches literally."""
     return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
 
+
+if TYPE_CHECKING:
+
+    def _honours_the_contract(backend: RedisBackend) -> Backend:
+        return backend  # mypy checks RedisBackend against the Backend protocol here
