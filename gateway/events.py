@@ -10,6 +10,7 @@ each client speaks), conversion between versions and the generated catalog.
 from __future__ import annotations
 
 import enum
+import inspect
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -297,15 +298,18 @@ Handler = Callable[[EventContext, Any], object]
 
 def parse_inbound(
     registry: EventRegistry, env: events_pb2.Envelope, negotiated: Mapping[str, int]
-) -> tuple[EventSpec, int, Message]:
+) -> tuple[EventSpec, int, Message, int]:
     """Validate an inbound envelope's type, direction, version and payload.
 
-    Returns the spec, the version sent and the message converted to the
-    newest version.  Raises :class:`EventError` with the code for the sender.
+    Returns the spec, the version sent, the message converted to the newest
+    version and the payload size.  Raises :class:`EventError` with the code
+    for the sender.  Each envelope field is read once: with upb every read
+    builds a new Python object (and copies the payload).
     """
-    s = registry.get(env.type)
+    type_ = env.type
+    s = registry.get(type_)
     if s is None:
-        raise EventError(ErrorCode.UNKNOWN_TYPE, f"unknown event type {env.type[:64]!r}")
+        raise EventError(ErrorCode.UNKNOWN_TYPE, f"unknown event type {type_[:64]!r}")
     if not s.direction.client_may_send:
         raise EventError(ErrorCode.FORBIDDEN_DIRECTION, f"{s.type} is server-to-client only")
     version = env.version or negotiated.get(s.type, s.latest)
@@ -313,8 +317,9 @@ def parse_inbound(
     if cls is None:
         raise EventError(ErrorCode.UNKNOWN_VERSION, f"{s.type} has no version {version}")
     message = cls()
+    payload = env.payload
     try:
-        message.ParseFromString(env.payload)
+        message.ParseFromString(payload)
     except DecodeError:
         raise EventError(ErrorCode.BAD_PAYLOAD, f"payload is not a valid {s.type} v{version}")
     if version != s.latest:
@@ -323,7 +328,7 @@ def parse_inbound(
         except Exception:
             log.failure("upgrading {type} v{version} failed", type=s.type, version=version)
             raise EventError(ErrorCode.BAD_PAYLOAD, f"{s.type} v{version} could not be upgraded")
-    return s, version, message
+    return s, version, message, len(payload)
 
 
 class Router:
@@ -358,10 +363,17 @@ class Router:
         """Run every handler for ``ctx.spec.type``; return how many there were."""
         handlers = self._handlers.get(ctx.spec.type, ())
         for handler in tuple(handlers):
-            d = defer.maybeDeferred(handler, ctx, message)
-            if d.called and not isinstance(getattr(d, "result", None), Failure):
-                continue  # the common synchronous success: no callbacks to attach
-            d.addErrback(self._failed, ctx, handler)
+            try:
+                result = handler(ctx, message)
+            except Exception:
+                self._failed(Failure(), ctx, handler)
+                continue
+            if result is None:
+                continue  # the common synchronous case: no Deferred machinery
+            if isinstance(result, defer.Deferred) or inspect.isawaitable(result):
+                d = defer.ensureDeferred(result) if not isinstance(result, defer.Deferred) \
+                    else result
+                d.addErrback(self._failed, ctx, handler)
         return len(handlers)
 
     def _failed(self, failure: Failure, ctx: EventContext, handler: Handler) -> None:

@@ -125,6 +125,7 @@ class Gateway:
         self._per_ip: dict[str, int] = {}
         self._pending = 0  # upgrades being authenticated
         self._type_buckets: dict[tuple[int, str], TokenBucket] = {}
+        self._in_counters: dict[str, tuple[Any, Any]] = {}
         self._sweeper: task.LoopingCall | None = None
         self._drain_call: IDelayedCall | None = None
         self._drained: defer.Deferred[None] | None = None
@@ -321,16 +322,22 @@ class Gateway:
             self._hello(transport, env)
             return
         try:
-            spec, version, message = parse_inbound(self.registry, env, conn.versions)
+            spec, version, message, size = parse_inbound(self.registry, env, conn.versions)
         except EventError as exc:
             if exc.code is ErrorCode.FORBIDDEN_DIRECTION:
                 self.metrics.injection_attempts.inc()
             self.metrics.bad_input.labels(exc.code.name.lower()).inc()
             self.send_error(transport, exc.code, exc.message, env)
             return
-        conn.count_in(spec.type, len(env.payload))
-        self.metrics.messages_in.labels(spec.type).inc()
-        self.metrics.bytes_in.labels(spec.type).inc(len(env.payload))
+        conn.count_in(spec.type, size)
+        counters = self._in_counters.get(spec.type)
+        if counters is None:  # labels() is a dict lookup under a lock: resolve once per type
+            counters = self._in_counters[spec.type] = (
+                self.metrics.messages_in.labels(spec.type),
+                self.metrics.bytes_in.labels(spec.type),
+            )
+        counters[0].inc()
+        counters[1].inc(size)
         if spec.rate_limit is not None and not self._type_allowed(conn, spec):
             conn.stats.rate_limited += 1
             self.send_error(transport, ErrorCode.RATE_LIMITED, f"{spec.type} rate limit", env)

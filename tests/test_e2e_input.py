@@ -52,8 +52,9 @@ class Case:
 
 @defer.inlineCallbacks
 def closes_with(running, client, data, code, *, kind=None, disconnect=True):
-    """Send ``data``; the offender is closed with ``code`` (and told why first)."""
-    yield client.send(data)
+    """Send ``data`` (one message, or a list of messages); the offender is closed with ``code``."""
+    for message in data if isinstance(data, list) else [data]:
+        yield client.send(message)
     closed = yield client.closed()
     assert closed.code == code
     if disconnect:
@@ -127,9 +128,12 @@ CASES = {
         config={"limits.max_events_per_frame": 8},
     ),
     "rate_limit": Case(
-        lambda r, c: closes_with(r, c, frame(*[envelope("system.ping", PING)] * 6),
+        # Two frames: the first (5 events) spends the burst, the second is over it.
+        lambda r, c: closes_with(r, c, [frame(*[envelope("system.ping", PING)] * 5),
+                                        frame(envelope("system.ping", PING))],
                                  CloseCode.RATE_LIMITED, kind="rate_limited"),
-        config={"limits.messages_per_second": 1.0, "limits.messages_burst": 5},
+        config={"limits.messages_per_second": 1.0, "limits.messages_burst": 5,
+                "limits.max_events_per_frame": 5},
     ),
     "unknown_type": Case(
         lambda r, c: answered_with(r, c, envelope("no.such_type", PING, correlation_id=5),

@@ -289,17 +289,17 @@ def test_parse_inbound_converts_to_latest() -> None:
     from gateway.events import parse_inbound
 
     registry = inbound_registry()
-    s, version, message = parse_inbound(
+    s, version, message, _size = parse_inbound(
         registry, envelope("game.thing", V1(token="old").SerializeToString(), 1), {}
     )
     assert (s.type, version, message) == ("game.thing", 1, V3(reason="old"))
     # Version 0: the negotiated version, else the latest.
-    _, version, message = parse_inbound(
+    _, version, message, _size = parse_inbound(
         registry, envelope("game.thing", V2(message="m", code=3).SerializeToString()),
         {"game.thing": 2},
     )
     assert (version, message) == (2, V3(reason="m", code=3))
-    _, version, message = parse_inbound(
+    _, version, message, _size = parse_inbound(
         registry, envelope("game.thing", V3(reason="new").SerializeToString()), {}
     )
     assert (version, message) == (3, V3(reason="new"))
@@ -308,7 +308,7 @@ def test_parse_inbound_converts_to_latest() -> None:
 def test_parse_inbound_accepts_both_directions() -> None:
     from gateway.events import parse_inbound
 
-    s, version, message = parse_inbound(
+    s, version, message, _size = parse_inbound(
         inbound_registry(), envelope("system.ping", events_pb2.Ping(nonce=5).SerializeToString()),
         {},
     )
