@@ -25,7 +25,7 @@ from twisted.internet import task  # noqa: E402
 from gateway.auth import Identity, TokenVerifier  # noqa: E402
 from gateway.codes import CloseCode  # noqa: E402
 from gateway.config import load  # noqa: E402
-from gateway.events import Direction, Delivery, EventContext, spec  # noqa: E402
+from gateway.events import Delivery, Direction, EventContext, spec  # noqa: E402
 from gateway.server import SUBPROTOCOL, Admission, Gateway  # noqa: E402
 from gateway.wire import encode_fragment  # noqa: E402
 from protocol import events_pb2, game_pb2  # noqa: E402
@@ -101,7 +101,7 @@ def inbound(events: int, batch: int) -> tuple[float, int]:
 
 
 def outbound(events: int, batch: int, reliable: bool) -> tuple[float, Sink]:
-    gateway, sink, clock = make_gateway(batch)
+    gateway, sink, _clock = make_gateway(batch)
     sink.writes = sink.bytes = 0
     conn = sink.connection
     type_ = "bench.chat" if reliable else "bench.move"

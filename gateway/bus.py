@@ -15,7 +15,8 @@ go out, in order, when it is back.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from twisted.internet import defer
@@ -179,7 +180,7 @@ class Fanout:
         self._drain_outbox()
 
     @defer.inlineCallbacks
-    def _drain_outbox(self) -> defer.Generator[defer.Deferred[object], object, None]:
+    def _drain_outbox(self) -> Generator[defer.Deferred[Any], Any, None]:
         if self._draining_outbox:
             return
         self._draining_outbox = True

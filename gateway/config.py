@@ -386,7 +386,9 @@ def _validate_cross(config: Config) -> None:
             raise ConfigError(where, "set exactly one of secret_env, secret_file, public_key_file")
         is_hmac = key.algorithm in HMAC_ALGORITHMS
         if is_hmac and key.public_key_file:
-            raise ConfigError(f"{where}.public_key_file", "HMAC keys take secret_env or secret_file")
+            raise ConfigError(
+                f"{where}.public_key_file", "HMAC keys take secret_env or secret_file"
+            )
         if not is_hmac and not key.public_key_file:
             raise ConfigError(f"{where}.public_key_file", f"{key.algorithm} needs a public key")
         if key.algorithm not in config.auth.algorithms:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.codes import CloseCode
 from gateway.config import HeartbeatConfig, LimitsConfig

@@ -9,12 +9,13 @@ each client speaks), conversion between versions and the generated catalog.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import inspect
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from google.protobuf.message import DecodeError, Message
 from twisted.internet import defer
@@ -103,7 +104,7 @@ class EventSpec:
     """Everything the gateway knows about one event type."""
 
     type: str
-    versions: Mapping[int, type[Message]]
+    versions: Mapping[int, builtins.type[Message]]
     category: Category = Category.GAME
     priority: Priority = Priority.NORMAL
     direction: Direction = Direction.BOTH
@@ -371,8 +372,11 @@ class Router:
             if result is None:
                 continue  # the common synchronous case: no Deferred machinery
             if isinstance(result, defer.Deferred) or inspect.isawaitable(result):
-                d = defer.ensureDeferred(result) if not isinstance(result, defer.Deferred) \
-                    else result
+                d = (
+                    result
+                    if isinstance(result, defer.Deferred)
+                    else defer.ensureDeferred(cast(Coroutine[Any, Any, Any], result))
+                )
                 d.addErrback(self._failed, ctx, handler)
         return len(handlers)
 

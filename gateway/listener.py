@@ -60,7 +60,8 @@ class ListenerService(service.Service):
         port, self.port = self.port, None
         if port is None:
             return None
-        return defer.maybeDeferred(port.stopListening)
+        stopped = port.stopListening()
+        return stopped if isinstance(stopped, defer.Deferred) else None
 
     @property
     def address(self) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,12 @@ from twisted.python.failure import Failure
 
 from gateway import SUBPROTOCOL
 from gateway.auth import AuthError, Identity, TokenVerifier
+from gateway.backend.base import Backend
+from gateway.bus import Fanout
 from gateway.codes import NO_RECONNECT, CloseCode, ErrorCode
 from gateway.config import Config
 from gateway.connection import Connection, Disconnect
+from gateway.delivery import Delivery
 from gateway.events import (
     EventContext,
     EventError,
@@ -35,9 +38,6 @@ from gateway.events import (
     Router,
     parse_inbound,
 )
-from gateway.backend.base import Backend
-from gateway.bus import Fanout
-from gateway.delivery import Delivery
 from gateway.hub import Hub, Transport
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBucket
@@ -201,7 +201,7 @@ class Gateway:
             self._pending -= 1
             if isinstance(result, Failure):
                 if result.check(AuthError):
-                    raise self._auth_failed(result.value)
+                    raise self._auth_failed(_err(result))
                 log.failure("token verification crashed", result)
                 self.metrics.handshakes.labels("500").inc()
                 raise Reject(500, "Internal Server Error")
@@ -404,7 +404,7 @@ class Gateway:
             self.hub.flush_one(transport, self.now())
 
         def failed(failure: Failure) -> None:
-            reason = failure.value.reason if failure.check(AuthError) else "internal"
+            reason = _err(failure).reason if failure.check(AuthError) else "internal"
             if not failure.check(AuthError):
                 log.failure("in-band token verification crashed", failure)
             self.metrics.auth_failures.labels(reason).inc()
@@ -438,7 +438,7 @@ class Gateway:
 
     def _establish_failed(self, failure: Failure, transport: Transport) -> None:
         if failure.check(Disconnect):
-            self.close(transport, failure.value.code, failure.value.reason)
+            self.close(transport, _err(failure).code, _err(failure).reason)
             return
         log.failure("session set-up failed for {player}", failure,
                     player=transport.connection.player_id)
@@ -447,7 +447,7 @@ class Gateway:
     @defer.inlineCallbacks
     def _establish(
         self, transport: Transport, hello: events_pb2.Hello
-    ) -> defer.Generator[defer.Deferred[Any], Any, None]:
+    ) -> Generator[defer.Deferred[Any], Any, None]:
         """Open or resume the session, restore subscriptions, catch up, then welcome."""
         conn = transport.connection
         if self.sessions is None:
@@ -483,8 +483,8 @@ class Gateway:
                 entries, gap = yield self.sessions.catch_up(conn, topic)
                 full_resync = full_resync or gap
                 caught.append((topic, entries))
-        if conn.state is not State.AUTHENTICATED:
-            return
+        if conn.state is not State.AUTHENTICATED:  # type: ignore[comparison-overlap]
+            return  # closed while the logs were read (mypy cannot see the yields change it)
         self._send_welcome(transport, opened, full_resync)
         conn.replay(opened.replay)
         for topic, entries in caught:
@@ -590,7 +590,7 @@ class Gateway:
             )
 
         def bad(failure: Failure) -> None:
-            reason = failure.value.reason if failure.check(AuthError) else "internal"
+            reason = _err(failure).reason if failure.check(AuthError) else "internal"
             self.metrics.auth_failures.labels(reason).inc()
             self.send_error(transport, ErrorCode.AUTH_REFRESH_FAILED, f"token {reason}", env)
 
@@ -598,7 +598,9 @@ class Gateway:
 
     # ------------------------------------------------------------------ sending
 
-    def encode_for(self, conn: Connection, type_: str, message: Message, **kw: Any) -> OutEvent | None:
+    def encode_for(
+        self, conn: Connection, type_: str, message: Message, **kw: Any
+    ) -> OutEvent | None:
         version = conn.versions.get(type_)
         if version is None:
             return None  # the client speaks no version of this type
@@ -663,8 +665,8 @@ class Gateway:
         transport = self.hub.get(ctx.connection.id)
         if failure.check(EventError):
             # A handler refusing a request on purpose: the sender learns why; not a crash.
-            self.metrics.bad_input.labels(failure.value.code.name.lower()).inc()
-            code, text = failure.value.code, failure.value.message[:200]
+            self.metrics.bad_input.labels(_err(failure).code.name.lower()).inc()
+            code, text = _err(failure).code, _err(failure).message[:200]
         else:
             self.metrics.handler_failures.labels(ctx.spec.type).inc()
             code, text = ErrorCode.HANDLER_FAILED, f"handling {ctx.spec.type} failed"
@@ -794,9 +796,19 @@ def _chain(d: defer.Deferred[None]) -> defer.Deferred[None]:
     out: defer.Deferred[None] = defer.Deferred()
     if d.called:
         out.callback(None)
-    else:
-        d.addBoth(lambda r: (out.callback(None), r)[1])
+        return out
+
+    def relay(result: object) -> object:
+        out.callback(None)
+        return result
+
+    d.addBoth(relay)
     return out
+
+
+def _err(failure: Failure) -> Any:
+    """The exception inside a Failure, typed loosely (callers checked its class first)."""
+    return failure.value
 
 
 def _unix_seconds(value: float) -> int:

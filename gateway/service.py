@@ -175,7 +175,8 @@ class GatewayService(service.MultiService):
 
     def startService(self) -> None:  # noqa: N802
         txaio.use_twisted()
-        txaio.set_global_log_level("info")  # never Autobahn's debug lines: they carry URLs
+        # Never Autobahn's debug lines: they carry request URLs (access_token).
+        txaio.set_global_log_level("info")  # type: ignore[attr-defined]
         if self.verifier.is_dev:
             log.warn(
                 "DEVELOPMENT MODE: no auth.keys or auth.jwks_url configured; tokens are signed "

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-__all__ = ["InvalidTransition", "State", "StateMachine", "TRANSITIONS"]
+__all__ = ["TRANSITIONS", "InvalidTransition", "State", "StateMachine"]
 
 log = Logger()
 

@@ -12,12 +12,9 @@ from typing import Any
 
 import txaio
 from autobahn.exception import PayloadExceededError
-from autobahn.twisted.websocket import (
-    ConnectionDeny,
-    WebSocketServerFactory,
-    WebSocketServerProtocol,
-)
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,6 +46,7 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def onConnect(self, request: Any) -> Any:  # noqa: N802 - Autobahn's name
         gateway = self.factory.gateway
+        assert self.transport is not None
         peer = self.transport.getPeer()
         host = getattr(peer, "host", None) or "local"
         self.connection = gateway.new_connection(host)
@@ -75,7 +73,8 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
         def refused(failure: Failure) -> None:
             if failure.check(Reject):
-                raise ConnectionDeny(failure.value.status, failure.value.reason)
+                reject: Reject = failure.value  # type: ignore[assignment]
+                raise ConnectionDeny(reject.status, reject.reason)
             log.failure("admission failed", failure)
             raise ConnectionDeny(500, "Internal Server Error")
 
@@ -83,7 +82,7 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def onOpen(self) -> None:  # noqa: N802
         assert self._admission is not None
-        self.transport.registerProducer(self, True)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.factory.gateway.opened(self, self._admission)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
@@ -99,7 +98,7 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if self._admission is None:
             return  # refused at the upgrade: never opened
         try:
-            self.transport.unregisterProducer()
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
         except (RuntimeError, AttributeError):
             pass
         close_code = self.localCloseCode if self.closedByMe else code
@@ -155,7 +154,7 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
 
 class GatewayFactory(WebSocketServerFactory):  # type: ignore[misc]
-    protocol = GatewayProtocol
+    protocol = GatewayProtocol  # type: ignore[assignment]
 
     def __init__(self, gateway: Gateway, reactor: Any = None) -> None:
         super().__init__(protocols=[SUBPROTOCOL], server=None, reactor=reactor)
@@ -178,4 +177,5 @@ class GatewayFactory(WebSocketServerFactory):  # type: ignore[misc]
         txaio.use_twisted()
 
     def _prepare(self, data: bytes) -> PreparedMessage:
-        return self.prepareMessage(data, isBinary=True, doNotCompress=True)
+        prepared: PreparedMessage = self.prepareMessage(data, isBinary=True, doNotCompress=True)
+        return prepared

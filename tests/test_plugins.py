@@ -177,7 +177,7 @@ def test_handler_for_unregistered_type_is_refused() -> None:
         def handler(self, ctx: Any, msg: Any) -> None:
             pass
 
-    with pytest.raises(PluginError, match="unregistered type 'no.such'"):
+    with pytest.raises(PluginError, match=r"unregistered type 'no\.such'"):
         load_with(load(None), [Stray()])
 
 

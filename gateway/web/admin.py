@@ -22,6 +22,9 @@ from gateway.server import Gateway
 __all__ = ["make_admin_site"]
 
 
+Answer = Callable[[IRequest], tuple[int, str, bytes]]
+
+
 class _Leaf(resource.Resource):
     isLeaf = True
 
@@ -41,7 +44,7 @@ class _Leaf(resource.Resource):
             return False
         return hmac.compare_digest(header[7:].strip().encode(), self._token)
 
-    def _answer(self, request: IRequest, handler: Callable[[IRequest], tuple[int, str, bytes]] | None) -> bytes:
+    def _answer(self, request: IRequest, handler: Answer | None) -> bytes:
         if handler is None:
             request.setResponseCode(405)
             request.setHeader("content-type", "text/plain")
@@ -69,7 +72,7 @@ class _Leaf(resource.Resource):
 class _Dir(resource.Resource):
     """A container whose unknown children are a plain 404 (Twisted's default is deprecated)."""
 
-    def getChild(self, path: bytes, request: IRequest) -> resource.Resource:
+    def getChild(self, path: bytes, request: IRequest) -> resource.IResource:  # noqa: N802
         return pages.notFound()
 
 
