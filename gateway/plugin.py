@@ -9,10 +9,11 @@ same interface, so the core has no privileged path a third party lacks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
@@ -132,30 +133,51 @@ class PluginContext:
         return self.gateway.router.add(type_, handler)
 
 
-def _extend_search_path(paths: Sequence[str]) -> None:
+@contextlib.contextmanager
+def _extend_search_path(paths: Sequence[str]) -> Iterator[None]:
+    """Add ``paths`` to the ``plugins`` package's ``__path__`` for one scan, then restore it.
+
+    The directories in ``plugins.paths`` belong to one gateway's configuration,
+    not to the process: left on ``__path__``, every later :func:`discover` in
+    the process (another gateway, a test, ``rtgateway-catalog``) would load
+    those dropins too.  Modules imported during the scan stay in
+    ``sys.modules``, so a dropin's module-level imports of its neighbours
+    (``from plugins import emotes_pb2``) keep working afterwards; import them
+    at module level, not lazily inside functions.
+    """
     import plugins
 
-    for path in paths:
-        full = os.path.abspath(path)
-        if not os.path.isdir(full):
-            raise ConfigError("plugins.paths", f"{path} is not a directory")
-        if full not in plugins.__path__:
-            plugins.__path__.append(full)
+    added: list[str] = []
+    try:
+        for path in paths:
+            full = os.path.abspath(path)
+            if not os.path.isdir(full):
+                raise ConfigError("plugins.paths", f"{path} is not a directory")
+            if full not in plugins.__path__:
+                plugins.__path__.append(full)
+                added.append(full)
+        yield
+    finally:
+        for full in added:
+            plugins.__path__.remove(full)
 
 
 def discover(paths: Sequence[str] = ()) -> list[Any]:
-    """Every IGatewayPlugin provider visible in the ``plugins`` package."""
+    """Every IGatewayPlugin provider in the ``plugins`` package and in ``paths``.
+
+    ``paths`` (config ``plugins.paths``) are searched for this call only.
+    """
     import plugins
 
-    _extend_search_path(paths)
     found: dict[str, Any] = {}
-    for plugin in getPlugins(IGatewayPlugin, plugins):
-        name = getattr(plugin, "name", "")
-        if not name:
-            raise PluginError(f"{plugin!r}: a plugin needs a name")
-        if name in found and found[name] is not plugin:
-            raise PluginError(f"{name}: two plugins have this name")
-        found[name] = plugin
+    with _extend_search_path(paths):
+        for plugin in getPlugins(IGatewayPlugin, plugins):
+            name = getattr(plugin, "name", "")
+            if not name:
+                raise PluginError(f"{plugin!r}: a plugin needs a name")
+            if name in found and found[name] is not plugin:
+                raise PluginError(f"{name}: two plugins have this name")
+            found[name] = plugin
     return list(found.values())
 
 

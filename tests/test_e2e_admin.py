@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import pytest_twisted
-from conftest import test_config as make_config
+import treq
+from tests.conftest import test_config as make_config
 from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
     WsClient,
     close_clients,
@@ -123,3 +125,17 @@ def test_wrong_methods_are_405(start_gateway):
     assert not running.gateway.draining
     for missing in ("/nope", "/debug/nope", "/admin/nope"):
         assert (yield http(f"{running.admin_url}{missing}")).status == 404
+
+
+@pytest_twisted.inlineCallbacks
+def test_plugin_admin_resources_need_the_admin_token_too(start_gateway, monkeypatch):
+    monkeypatch.setenv("RTGW_TEST_ADMIN_TOKEN", "s3cret-admin-token")
+    running = yield start_gateway(make_config(**{"admin.token_env": "RTGW_TEST_ADMIN_TOKEN"}))
+    body = json.dumps({"text": "hi", "level": "info"}).encode()
+    refused = yield treq.post(running.admin_url + "/admin/announce", body)
+    assert refused.code == 401
+    yield refused.content()
+    allowed = yield treq.post(running.admin_url + "/admin/announce", body,
+                              headers={"Authorization": "Bearer s3cret-admin-token"})
+    assert allowed.code == 202
+    yield allowed.content()

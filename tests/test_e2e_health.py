@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest_twisted
-from conftest import test_config as make_config
+from tests.conftest import test_config as make_config
 from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
     WsClient,
     assert_healthy,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from conftest import test_config as make_config
+from tests.conftest import test_config as make_config
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher

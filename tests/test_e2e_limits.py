@@ -6,7 +6,7 @@ import socket
 
 import pytest
 import pytest_twisted
-from conftest import test_config as make_config
+from tests.conftest import test_config as make_config
 from twisted.internet import task
 from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
     RawSocket,

@@ -76,6 +76,34 @@ class _Dir(resource.Resource):
         return pages.notFound()
 
 
+class _Guarded(resource.Resource):
+    """Wraps a plugin's resource (and its children) with the admin bearer-token check."""
+
+    def __init__(self, inner: resource.IResource, token: bytes) -> None:
+        super().__init__()
+        self.inner = inner
+        self.token = token
+
+    def _authorized(self, request: IRequest) -> bool:
+        header = request.getHeader("authorization") or ""
+        if not header.lower().startswith("bearer "):
+            return False
+        return hmac.compare_digest(header[7:].strip().encode(), self.token)
+
+    def getChildWithDefault(self, path: bytes, request: IRequest) -> resource.IResource:  # noqa: N802
+        if not self._authorized(request):
+            return self  # render() answers 401
+        child = self.inner.getChildWithDefault(path, request)
+        return _Guarded(child, self.token) if child is not self.inner else child
+
+    def render(self, request: IRequest) -> bytes:
+        if not self._authorized(request):
+            request.setResponseCode(401)
+            request.setHeader("www-authenticate", "Bearer")
+            return b"unauthorized\n"
+        return self.inner.render(request)  # type: ignore[no-any-return]
+
+
 def _json(status: int, data: Any) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
 
@@ -125,7 +153,8 @@ def make_admin_site(
     admin = _Dir()
     admin.putChild(b"drain", _Leaf(post=drain, token=token))
     for name, child in (extra or {}).items():
-        admin.putChild(name, child)
+        # Plugins' admin resources sit behind the same token as ours.
+        admin.putChild(name, _Guarded(child, token) if token is not None else child)
     root.putChild(b"admin", admin)
     site = server.Site(root)
     site.displayTracebacks = False
