@@ -9,6 +9,7 @@ and RTT.  The Twisted adapter (``gateway.ws``) only moves bytes and timers.
 from __future__ import annotations
 
 import itertools
+import random
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -84,16 +85,23 @@ class ConnectionStats:
 
 
 class Rtt:
-    """Smoothed RTT and jitter (RFC 6298 estimator) plus loss over recent pings."""
+    """Smoothed RTT and jitter (RFC 6298 estimator) plus loss over the last 32 pings."""
 
-    __slots__ = ("_outcomes", "jitter", "last", "samples", "srtt")
+    __slots__ = ("_answered", "_window", "jitter", "last", "samples", "srtt")
 
     def __init__(self) -> None:
         self.srtt = 0.0
         self.jitter = 0.0
         self.last = 0.0
         self.samples = 0
-        self._outcomes: deque[bool] = deque(maxlen=32)
+        # Outcomes of recent pings as bits (1 = answered), newest lowest: two ints
+        # instead of a deque per connection.
+        self._answered = 0
+        self._window = 0
+
+    def _record(self, answered: bool) -> None:
+        self._answered = ((self._answered << 1) | int(answered)) & 0xFFFFFFFF
+        self._window = min(32, self._window + 1)
 
     def sample(self, rtt: float) -> None:
         self.last = rtt
@@ -104,17 +112,18 @@ class Rtt:
             self.jitter += (abs(self.srtt - rtt) - self.jitter) / 4
             self.srtt += (rtt - self.srtt) / 8
         self.samples += 1
-        self._outcomes.append(True)
+        self._record(True)
 
     def lost(self) -> None:
-        self._outcomes.append(False)
+        self._record(False)
 
     @property
     def loss(self) -> float:
         """Fraction of recent pings unanswered within the heartbeat timeout."""
-        if not self._outcomes:
+        if not self._window:
             return 0.0
-        return self._outcomes.count(False) / len(self._outcomes)
+        answered = bin(self._answered & ((1 << self._window) - 1)).count("1")
+        return (self._window - answered) / self._window
 
 
 _ids = itertools.count(1)
@@ -167,7 +176,8 @@ class Connection:
         self.unacked_bytes = 0
         self.max_unacked = max_unacked
         self.replay_overflow = False  # oldest unacked events were dropped: a resume needs a resync
-        self._queues: dict[int, deque[OutEvent | str]] = {p: deque() for p in PRIORITIES}
+        # Created on first use: an idle connection should not carry four empty deques.
+        self._queues: dict[int, deque[OutEvent | str]] = {}
         self._keyed: dict[str, OutEvent] = {}
         self.queued_bytes = 0
         self.urgent = False  # something must go out before the next tick
@@ -179,7 +189,9 @@ class Connection:
         self.accepted_compression: frozenset[int] = frozenset()
         # heartbeat
         self.last_received = now
-        self.last_ping_sent = now
+        # Spread first pings over the interval: connections accepted in the same second
+        # must not be pinged (and answer) in the same sweep forever after.
+        self.last_ping_sent = now - random.random() * heartbeat.interval
         self._ping_nonce = 0
         self._pings: dict[int, tuple[float, int]] = {}  # nonce -> (sent now, sent mono ns)
         self.on_ack: Callable[[int], object] | None = None  # session persistence hook
@@ -187,7 +199,7 @@ class Connection:
         self.on_sequenced: Callable[[int, OutEvent], object] | None = None
         self.session: Any = None  # gateway.session.manager.SessionLink once welcomed
         self.topics: set[str] = set()  # maintained by the hub
-        self._replay: deque[tuple[int, OutEvent]] = deque()
+        self._replay: deque[tuple[int, OutEvent]] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -283,10 +295,10 @@ class Connection:
                 self.stats.superseded_out += 1
             else:
                 self._keyed[event.key] = event
-                self._queues[event.priority or NORMAL].append(event.key)
+                self._queue_for(event.priority).append(event.key)
                 self.queued_bytes += event.size
         else:
-            self._queues[event.priority or NORMAL].append(event)
+            self._queue_for(event.priority).append(event)
             self.queued_bytes += event.size
         if urgent:
             self.urgent = True
@@ -342,6 +354,12 @@ class Connection:
     def has_pending(self) -> bool:
         return self.queued_bytes > 0 or self._ack_pending or bool(self._replay)
 
+    def _queue_for(self, priority: int) -> deque[OutEvent | str]:
+        queue = self._queues.get(priority or NORMAL)
+        if queue is None:
+            queue = self._queues[priority or NORMAL] = deque()
+        return queue
+
     def take_frame(self, now: float, shared: bytes = b"") -> bytes | None:
         """Assemble the next WebSocket message: queued events by priority, plus ``shared``.
 
@@ -371,7 +389,8 @@ class Connection:
             parts.append(envelope_fragment(event, seq, ack))
             ack = 0
             count += 1
-        for queue in self._queues.values():
+        for priority in PRIORITIES:
+            queue = self._queues.get(priority)
             while queue and not full:
                 item = queue[0]
                 event = self._keyed[item] if isinstance(item, str) else item
@@ -425,8 +444,10 @@ class Connection:
 
     def replay(self, events: list[tuple[int, OutEvent]]) -> None:
         """Resend already-sequenced reliable events (a resume), before anything else."""
+        if events and self._replay is None:
+            self._replay = deque()
         for seq, event in events:
-            self._replay.append((seq, event))
+            self._replay.append((seq, event))  # type: ignore[union-attr]
             self.queued_bytes += event.size
         if events:
             self.urgent = True

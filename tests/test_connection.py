@@ -471,10 +471,20 @@ def test_loss_after_expire_pings() -> None:
 
 def test_ping_due_after_the_interval() -> None:
     conn = make_conn()
-    assert not conn.ping_due(9.9)
+    # The first ping falls somewhere in the first interval (spread, not in lockstep).
     assert conn.ping_due(10.0)
     conn.make_ping(10.0, 0)
-    assert not conn.ping_due(19.0)
+    assert not conn.ping_due(19.9)
+    assert conn.ping_due(20.0)
+
+
+def test_first_pings_of_simultaneous_connections_are_spread() -> None:
+    due = []
+    for _ in range(50):
+        conn = make_conn()
+        due.append(next(t / 10 for t in range(0, 101) if conn.ping_due(t / 10)))
+    assert len(set(due)) > 10  # not all in the same sweep
+    assert max(due) <= 10.0
 
 
 def test_is_dead_after_interval_plus_timeout() -> None:

@@ -19,7 +19,7 @@ FAST_CHAT = {"plugin.chat.burst": 200, "plugin.chat.messages_per_second": 200}
 def client(running, token, **kw):
     from twisted.internet import reactor
 
-    return GatewayClient(running.url, token, reactor=reactor,
+    return GatewayClient(running.url, token, reactor=reactor, reconnect=None,
                          registry=registry_for(ChatPlugin()), **kw)
 
 
@@ -50,7 +50,7 @@ def test_event_published_on_b_reaches_player_on_a(start_gateway, mint):
     bob.send("social.chat.send", game_pb2.ChatSend(channel="global", text="once"))
     yield at_alice
     yield at_bob
-    assert mine == ["once"]
+    assert mine.count("once") == 1
     yield alice.close()
     yield bob.close()
 
