@@ -265,8 +265,13 @@ class Gateway:
         self.metrics.wire_bytes_in.inc(len(data))
         if self.frame_observers:
             self.hub.observe_frame(transport, "in", data)
+        before = conn.last_in_seq
         try:
             envelopes = conn.receive(data, self.now())
+            if conn.last_in_seq != before and self.sessions is not None:
+                # Client events were numbered: the write-behind records how far we got,
+                # so a resume elsewhere drops their resends instead of handling them twice.
+                self.sessions.touched(conn)
             for env in envelopes:
                 self._handle(transport, env)
         except Disconnect as exc:

@@ -18,7 +18,7 @@ from tests.conftest import test_config
 def client(running, token):
     from twisted.internet import reactor
 
-    return GatewayClient(running.url, token, reactor=reactor,
+    return GatewayClient(running.url, token, reactor=reactor, reconnect=None,
                          registry=registry_for(ChatPlugin(), WorldPlugin()))
 
 

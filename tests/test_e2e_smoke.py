@@ -13,7 +13,7 @@ def test_connect_welcome_ping_close(start_gateway, mint):
     from twisted.internet import reactor
 
     running = yield start_gateway()
-    client = GatewayClient(running.url, mint("alice"), reactor=reactor)
+    client = GatewayClient(running.url, mint("alice"), reactor=reactor, reconnect=None)
     states = []
     client.on_state(lambda old, new: states.append(new))
     welcome = yield client.connect()

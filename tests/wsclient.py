@@ -279,6 +279,7 @@ class RawSocket:
 
 def sdk_client(url: str, token: str = "", **kw: Any) -> GatewayClient:
     """A GatewayClient on the global reactor, closed after the test if still open."""
+    kw.setdefault("reconnect", None)  # these tests watch closes: no automatic reconnect
     client = GatewayClient(url, token, reactor=_reactor(), **kw)
     _open_sdk.append(client)
     return client

@@ -5,11 +5,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.client.client import ClientClosed, GatewayClient, ServerError
+from gateway.client.backoff import Backoff, ReconnectPolicy
+from gateway.client.client import (
+    DEFAULT_RECONNECT,
+    ClientClosed,
+    GatewayClient,
+    QueueFull,
+    ServerError,
+)
+from gateway.client.session import ClientSession, Incoming
 from gateway.events import EventRegistry, EventSpec
 from gateway.system_events import register as _register_system
 
-__all__ = ["ClientClosed", "GatewayClient", "ServerError", "registry_for"]
+__all__ = [
+    "DEFAULT_RECONNECT",
+    "Backoff",
+    "ClientClosed",
+    "ClientSession",
+    "GatewayClient",
+    "Incoming",
+    "QueueFull",
+    "ReconnectPolicy",
+    "ServerError",
+    "registry_for",
+]
 
 
 def registry_for(*sources: Any) -> EventRegistry:

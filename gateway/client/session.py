@@ -14,10 +14,11 @@ reliable events (:meth:`ClientSession.on_welcome`):
 * ``resumed``: the server kept the session (and the last seq it received
   from us), so they are resent with their original seqs; duplicates are
   dropped by the server.
-* not resumed: a new session numbers everything from 1 again.  The last seq
-  received is reset (in :meth:`~ClientSession.receive`, before the rest of the
-  welcome's frame is read) and the events are resent as new events with new
-  seqs: at-least-once, since the old session may have handled some of them.
+* not resumed: a new session numbers everything from 1 again, both ways.  The
+  last seq received is reset (in :meth:`~ClientSession.receive`, before the
+  rest of the welcome's frame is read) and the events are resent as new
+  events, renumbered from 1: at-least-once, since the old session may have
+  handled some of them.
 """
 
 from __future__ import annotations
@@ -153,10 +154,12 @@ class ClientSession:
         if welcome.resumed:
             self._replay = deque(self.pending)
         else:
+            # A new session: our seqs start at 1 again (NetworkingGuide.md#resume).
             self._replay.clear()
             self._renumber.extend(self.pending)
             self.pending.clear()
             self.peer_ack = 0
+            self.next_out_seq = 1
 
     def connection_lost(self) -> None:
         """The transport is gone: forget what only made sense on it (pings, pongs)."""

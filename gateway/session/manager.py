@@ -14,13 +14,15 @@ Every key has a TTL: a crashed instance leaves nothing that lives forever.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.backend.base import Backend
 from gateway.config import SessionConfig
@@ -45,6 +47,8 @@ __all__ = ["SessionLink", "SessionManager", "SessionOpened"]
 log = Logger()
 
 USED_TOKEN_SECONDS = 3600.0
+#: Topic logs whose counters this instance remembers as existing (LRU).
+_MAX_LOGS_TRACKED = 100_000
 
 
 @dataclass
@@ -55,6 +59,7 @@ class SessionLink:
     token_hash: str
     journal: list[tuple[int, OutEvent]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)  # topic -> highest topic_seq enqueued
+    seen: dict[str, int] = field(default_factory=dict)  # topic -> bitmask below the mark
     holding: dict[str, list[OutEvent]] = field(default_factory=dict)  # topics catching up
     dirty: bool = True
     acked_dirty: bool = False
@@ -102,6 +107,17 @@ class SessionManager:
         self.registry = registry
         self.wall_clock = wall_clock
         self._dirty: set[Connection] = set()  # connections with write-behind work
+        # Topic logs this instance appended to, and when: their counters are known to exist.
+        self._logs_alive: OrderedDict[str, float] = OrderedDict()
+        self._seeding: dict[str, list[tuple[bytes, defer.Deferred[int]]]] = {}
+        previous = backend.on_ready_change
+
+        def ready_changed(ready: bool) -> None:
+            previous(ready)
+            if not ready:
+                self._logs_alive.clear()  # the store may come back empty (restart, failover)
+
+        backend.on_ready_change = ready_changed
 
     @property
     def ttl(self) -> float:
@@ -112,7 +128,7 @@ class SessionManager:
     @defer.inlineCallbacks
     def open(
         self, conn: Connection, hello: events_pb2.Hello
-    ) -> defer.Generator[defer.Deferred[Any], Any, SessionOpened]:
+    ) -> Generator[defer.Deferred[Any], Any, SessionOpened]:
         """A new session, or the resumed one named by ``hello.resume_token``."""
         started = self.wall_clock()
         opened: SessionOpened | None = None
@@ -135,7 +151,7 @@ class SessionManager:
         return opened
 
     @defer.inlineCallbacks
-    def _create(self, conn: Connection) -> defer.Generator[defer.Deferred[Any], Any, SessionOpened]:
+    def _create(self, conn: Connection) -> Generator[defer.Deferred[Any], Any, SessionOpened]:
         session_id = new_session_id()
         token = new_token()
         token_hash = hash_token(token)
@@ -162,7 +178,7 @@ class SessionManager:
     @defer.inlineCallbacks
     def _resume(
         self, conn: Connection, hello: events_pb2.Hello
-    ) -> defer.Generator[defer.Deferred[Any], Any, SessionOpened]:
+    ) -> Generator[defer.Deferred[Any], Any, SessionOpened]:
         old_hash = hash_token(hello.resume_token)
         raw_id = yield self.backend.getdel(keys.token(old_hash))
         if raw_id is None:
@@ -219,7 +235,7 @@ class SessionManager:
     @defer.inlineCallbacks
     def catch_up(
         self, conn: Connection, topic: str
-    ) -> defer.Generator[defer.Deferred[Any], Any, tuple[list[tuple[int, internal_pb2.QueuedEvent]], bool]]:
+    ) -> Generator[defer.Deferred[Any], Any, tuple[list[tuple[int, internal_pb2.QueuedEvent]], bool]]:
         """Logged events of ``topic`` after the session's cursor; True if some were lost."""
         link: SessionLink = conn.session  # type: ignore[attr-defined]
         cursor = link.record.cursors.get(topic, 0)
@@ -234,14 +250,55 @@ class SessionManager:
 
     def append_topic_log(self, topic: str, type_: str, payload: bytes,
                          correlation_id: int = 0) -> defer.Deferred[int]:
+        """Log a reliable event; returns its topic_seq.
+
+        Subscribers drop a logged event whose topic_seq is not above the last
+        one they saw (catch-up and live overlap), so a log's numbering must
+        never go back, even when the store lost the log (a Redis restart or
+        failover) or it expired while quiet: a counter that may not exist is
+        first seeded from the wall clock (microseconds) with SET NX.  That
+        costs one command per topic after start-up, after every backend outage
+        and after a long silence, not one per event.  Appends to one topic
+        leave in call order, seeded or not.
+        """
         entry = internal_pb2.QueuedEvent(type=type_, payload=payload,
-                                         correlation_id=correlation_id)
-        return self.backend.append_log(
-            keys.topic_log(topic),
-            entry.SerializeToString(),
-            max_len=self.config.topic_log_len,
-            ttl=self.config.topic_log_seconds,
-        )
+                                         correlation_id=correlation_id).SerializeToString()
+        waiting = self._seeding.get(topic)
+        if waiting is not None:  # a seed is in flight: append after it, in order
+            mine: defer.Deferred[int] = defer.Deferred()
+            waiting.append((entry, mine))
+            return mine
+        now = self.wall_clock()
+        last = self._logs_alive.get(topic)
+        if last is not None and now - last < self.config.topic_log_seconds / 2:
+            return self._append(topic, entry)  # appended here lately: the counter exists
+        waiting = self._seeding[topic] = []
+        seed = b"%d" % int(now * 1_000_000)
+        d = self.backend.set(keys.topic_log(topic) + ":n", seed, self.config.topic_log_seconds,
+                             only_if_absent=True)
+
+        def seeded(result: object) -> object:
+            del self._seeding[topic]
+            if isinstance(result, Failure):
+                for _entry, later in waiting:
+                    later.errback(result)
+                return result
+            first = self._append(topic, entry)
+            for later_entry, later in waiting:
+                self._append(topic, later_entry).chainDeferred(later)
+            return first
+
+        return d.addBoth(seeded)
+
+    def _append(self, topic: str, entry: bytes) -> defer.Deferred[int]:
+        alive = self._logs_alive
+        alive[topic] = self.wall_clock()
+        alive.move_to_end(topic)
+        if len(alive) > _MAX_LOGS_TRACKED:
+            alive.popitem(last=False)
+        return self.backend.append_log(keys.topic_log(topic), entry,
+                                       max_len=self.config.topic_log_len,
+                                       ttl=self.config.topic_log_seconds)
 
     # ------------------------------------------------------------------ persistence
 
@@ -265,7 +322,7 @@ class SessionManager:
     def persist(self, conns: Iterable[Connection], topics: Iterable[str] | None = None
                 ) -> defer.Deferred[None]:
         """Write-ahead: journal entries and the record of each connection, in one batch."""
-        ds = []
+        ds: list[defer.Deferred[Any]] = []
         for conn in conns:
             link: SessionLink | None = getattr(conn, "session", None)
             if link is None or link.record.instance_id != self.instance_id:
@@ -295,7 +352,7 @@ class SessionManager:
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
     def _write_record(self, conn: Connection, topics: Iterable[str] | None = None
-                      ) -> defer.Deferred[bool]:
+                      ) -> defer.Deferred[Any]:
         link: SessionLink = conn.session  # type: ignore[attr-defined]
         record = link.record
         record.next_out_seq = conn.next_out_seq
@@ -308,6 +365,13 @@ class SessionManager:
         link.refreshed_at = self.wall_clock()
         return self.backend.set(keys.record(record.session_id), record.SerializeToString(),
                                 self.ttl)
+
+    def touched(self, conn: Connection) -> None:
+        """Something in the record changed (e.g. last_in_seq): write it on the next tick."""
+        link: SessionLink | None = getattr(conn, "session", None)
+        if link is not None:
+            link.dirty = True
+            self._dirty.add(conn)
 
     def acked(self, conn: Connection, ack: int) -> None:
         link: SessionLink | None = getattr(conn, "session", None)
@@ -332,7 +396,7 @@ class SessionManager:
             if link is not None and now - link.refreshed_at > refresh_every:
                 link.dirty = True
                 work.add(conn)
-        ds = []
+        ds: list[defer.Deferred[Any]] = []
         for conn in work:
             link = conn.session
             if link is None or link.replaced or not conn.authenticated:
@@ -362,7 +426,7 @@ class SessionManager:
     @defer.inlineCallbacks
     def suspend(
         self, conn: Connection, topics: Iterable[str]
-    ) -> defer.Generator[defer.Deferred[Any], Any, None]:
+    ) -> Generator[defer.Deferred[Any], Any, None]:
         """The connection is gone; keep the session for a resume (here or elsewhere)."""
         link: SessionLink | None = getattr(conn, "session", None)
         if link is None:
@@ -387,7 +451,7 @@ class SessionManager:
         yield self._write_record(conn, topics)
 
     @defer.inlineCallbacks
-    def end(self, conn: Connection) -> defer.Generator[defer.Deferred[Any], Any, None]:
+    def end(self, conn: Connection) -> Generator[defer.Deferred[Any], Any, None]:
         """The client said goodbye (close 1000): nothing to resume, remove everything."""
         link: SessionLink | None = getattr(conn, "session", None)
         if link is None:
@@ -400,7 +464,7 @@ class SessionManager:
         )
 
     @defer.inlineCallbacks
-    def revoke(self, session_id: str) -> defer.Generator[defer.Deferred[Any], Any, bool]:
+    def revoke(self, session_id: str) -> Generator[defer.Deferred[Any], Any, bool]:
         """Operator action: the session and its reconnection token stop working."""
         record = _decode(
             internal_pb2.SessionRecord, (yield self.backend.get(keys.record(session_id)))
