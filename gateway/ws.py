@@ -52,7 +52,7 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         # within one round trip of the previous one waits for the peer's delayed ACK
         # (40 ms on Linux).  The options are copied now: apply it again.
         try:
-            self.transport.setTcpNoDelay(self.tcpNoDelay)
+            self.transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[union-attr, attr-defined]
         except (AttributeError, OSError):
             pass  # not a TCP socket (unix:)
 
@@ -238,8 +238,8 @@ class _LazyFormat:
 
 # Autobahn's _connectionMade pretty-prints ~40 options for a debug line on every
 # handshake, even with debug logging off (about 0.2 ms, a fifth of a handshake).
-_autobahn_pformat = autobahn_protocol.pformat
-autobahn_protocol.pformat = _LazyFormat
+_autobahn_pformat = autobahn_protocol.pformat  # type: ignore[attr-defined]
+autobahn_protocol.pformat = _LazyFormat  # type: ignore[attr-defined, assignment]
 
 
 class GatewayFactory(WebSocketServerFactory):  # type: ignore[misc]
@@ -265,7 +265,7 @@ class GatewayFactory(WebSocketServerFactory):  # type: ignore[misc]
         # Autobahn copies every option onto each new protocol instance unless the class
         # already has it: a per-factory subclass carrying them saves ~1 KiB a connection.
         options = {name: getattr(self, name) for name in GatewayProtocol.CONFIG_ATTRS}
-        self.protocol = type("GatewayProtocol", (GatewayProtocol,), options)
+        self.protocol = type("GatewayProtocol", (GatewayProtocol,), options)  # type: ignore[assignment]
         self.max_message_size = limits.max_message_size
         gateway.hub.prepare = self._prepare
         txaio.use_twisted()
