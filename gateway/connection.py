@@ -207,9 +207,11 @@ class Connection:
         self.last_ping_sent = now - random.random() * heartbeat.interval
         self._ping_nonce = 0
         self._pings: dict[int, tuple[float, int]] = {}  # nonce -> (sent now, sent mono ns)
-        self.on_ack: Callable[[int], object] | None = None  # session persistence hook
-        # Called as on_sequenced(seq, event) when a reliable event gets its seq (write-ahead).
-        self.on_sequenced: Callable[[int, OutEvent], object] | None = None
+        # Session persistence hooks, called with this connection first so that one bound
+        # method serves every connection: on_ack(conn, ack) when the peer acknowledges,
+        # on_sequenced(conn, seq, event) when a reliable event gets its seq (write-ahead).
+        self.on_ack: Callable[[Connection, int], object] | None = None
+        self.on_sequenced: Callable[[Connection, int, OutEvent], object] | None = None
         self.session: Any = None  # gateway.session.manager.SessionLink once welcomed
         self.topics: set[str] = set()  # maintained by the hub
         self._replay: deque[tuple[int, OutEvent]] | None = None
@@ -284,7 +286,7 @@ class Connection:
             _seq, event = self.unacked.popleft()
             self.unacked_bytes -= event.size
         if self.on_ack is not None:
-            self.on_ack(ack)
+            self.on_ack(self, ack)
 
     # ------------------------------------------------------------------ outbound
 
@@ -421,7 +423,7 @@ class Connection:
                     self.next_out_seq += 1
                     self._retain(seq, event)
                     if self.on_sequenced is not None:
-                        self.on_sequenced(seq, event)
+                        self.on_sequenced(self, seq, event)
                 parts.append(envelope_fragment(event, seq, ack))
                 ack = 0
                 count += 1

@@ -141,6 +141,9 @@ class Gateway:
         """Connect the engine to a backend: sessions, topic logs and the bus."""
         self.sessions = sessions
         self.fanout = fanout
+        # Bound once: every connection shares these hook objects (memory per connection).
+        self._on_sequenced = self._on_sequenced  # type: ignore[method-assign]
+        self._on_ack = self._on_ack  # type: ignore[method-assign]
         self.delivery.sessions = sessions
         self.delivery.fanout = fanout
         self.backend_ready = lambda: backend.ready
@@ -150,6 +153,14 @@ class Gateway:
         self.hub.on_topic_removed = fanout.unsubscribe
         fanout.on_event = self.delivery.remote
         fanout.on_control = self._control
+
+    def _on_sequenced(self, conn: Connection, seq: int, event: OutEvent) -> None:
+        assert self.sessions is not None
+        self.sessions.sequenced(conn, seq, event)
+
+    def _on_ack(self, conn: Connection, ack: int) -> None:
+        assert self.sessions is not None
+        self.sessions.acked(conn, ack)
 
     def _persist(self, conns: list[Connection]) -> defer.Deferred[None]:
         assert self.sessions is not None
@@ -468,8 +479,8 @@ class Gateway:
             self._replace_previous(conn)
         if self.sessions is not None:
             sessions = self.sessions
-            conn.on_sequenced = lambda seq, ev: sessions.sequenced(conn, seq, ev)
-            conn.on_ack = lambda ack: sessions.acked(conn, ack)
+            conn.on_sequenced = self._on_sequenced
+            conn.on_ack = self._on_ack
         conn.machine.to(State.AUTHENTICATED)
         self.hub.bind_player(transport)
         full_resync = opened.full_resync

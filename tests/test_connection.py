@@ -224,7 +224,7 @@ def test_reliable_events_get_consecutive_seqs_and_are_retained() -> None:
 def test_acknowledge_releases_and_reports() -> None:
     conn = make_conn()
     acked: list[int] = []
-    conn.on_ack = acked.append
+    conn.on_ack = lambda _conn, ack: acked.append(ack)
     for _ in range(4):
         conn.enqueue(ev(size=10))
     sent(conn)
@@ -239,7 +239,7 @@ def test_acknowledge_releases_and_reports() -> None:
 def test_acknowledge_ignores_stale_acks_and_acks_beyond_what_was_sent() -> None:
     conn = make_conn()
     acked: list[int] = []
-    conn.on_ack = acked.append
+    conn.on_ack = lambda _conn, ack: acked.append(ack)
     for _ in range(3):
         conn.enqueue(ev())
     sent(conn)
