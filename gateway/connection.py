@@ -127,6 +127,7 @@ class Rtt:
 
 
 _ids = itertools.count(1)
+_NO_VERSIONS: Mapping[str, int] = {}
 
 
 def _droppable(event: OutEvent) -> bool:
@@ -174,7 +175,7 @@ class Connection:
         self.session_id = ""
         self.token_expires_at = 0.0
         self.claims: Mapping[str, object] = {}
-        self.versions: dict[str, int] = {}  # negotiated version per event type
+        self.versions: Mapping[str, int] = _NO_VERSIONS  # negotiated version per event type
         self.stats = ConnectionStats()
         self.rtt = Rtt()
         self.bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, now)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import types
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ class Gateway:
         self._pending = 0  # upgrades being authenticated
         self._type_buckets: dict[tuple[int, str], TokenBucket] = {}
         self._in_counters: dict[str, tuple[Any, Any]] = {}
+        self._versions_cache: dict[frozenset[tuple[str, int]], Mapping[str, int]] = {}
         self._sweeper: task.LoopingCall | None = None
         self._drain_call: IDelayedCall | None = None
         self._drained: defer.Deferred[None] | None = None
@@ -153,6 +155,21 @@ class Gateway:
         self.hub.on_topic_removed = fanout.unsubscribe
         fanout.on_event = self.delivery.remote
         fanout.on_control = self._control
+
+    def _shared_versions(self, versions: dict[str, int]) -> Mapping[str, int]:
+        """One read-only mapping per distinct negotiation result, shared by connections.
+
+        Nearly every client of a release negotiates the same versions: one copy
+        instead of one dict per connection.  Bounded, since clients choose what
+        they offer.
+        """
+        key = frozenset(versions.items())
+        shared = self._versions_cache.get(key)
+        if shared is None:
+            shared = types.MappingProxyType(versions)
+            if len(self._versions_cache) < 1000:
+                self._versions_cache[key] = shared
+        return shared
 
     def _on_sequenced(self, conn: Connection, seq: int, event: OutEvent) -> None:
         assert self.sessions is not None
@@ -437,7 +454,7 @@ class Gateway:
     def _welcome(self, transport: Transport, hello: events_pb2.Hello) -> None:
         conn = transport.connection
         offered = {t: list(v.versions) for t, v in hello.versions.items()}
-        conn.versions = self.registry.negotiate(offered)
+        conn.versions = self._shared_versions(self.registry.negotiate(offered))
         missing = [t for t in ("system.welcome", "system.error") if t not in conn.versions]
         if missing:
             raise Disconnect(CloseCode.UNSUPPORTED_VERSION, f"no common version of {missing[0]}")
@@ -636,8 +653,12 @@ class Gateway:
         if transport is None:
             return
         if type_ not in conn.versions and type_ in ("system.welcome", "system.error"):
-            conn.versions.setdefault(type_, 1)
-        event = self.encode_for(conn, type_, message, correlation_id=correlation_id, key=key)
+            # Before negotiation (an error answering a bad hello): version 1 always exists.
+            event: OutEvent | None = self.registry.encode(
+                type_, message, 1, correlation_id=correlation_id, key=key
+            )
+        else:
+            event = self.encode_for(conn, type_, message, correlation_id=correlation_id, key=key)
         if event is None:
             return
         self.hub.deliver(transport, event, urgent=urgent)

@@ -51,7 +51,7 @@ USED_TOKEN_SECONDS = 3600.0
 _MAX_LOGS_TRACKED = 100_000
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionLink:
     """Per-connection session bookkeeping, kept on ``Connection.session``."""
 
@@ -277,18 +277,22 @@ class SessionManager:
         d = self.backend.set(keys.topic_log(topic) + ":n", seed, self.config.topic_log_seconds,
                              only_if_absent=True)
 
-        def seeded(result: object) -> object:
+        mine = defer.Deferred()
+
+        def seeded(_created: bool) -> None:
             del self._seeding[topic]
-            if isinstance(result, Failure):
-                for _entry, later in waiting:
-                    later.errback(result)
-                return result
-            first = self._append(topic, entry)
+            self._append(topic, entry).chainDeferred(mine)
             for later_entry, later in waiting:
                 self._append(topic, later_entry).chainDeferred(later)
-            return first
 
-        return d.addBoth(seeded)
+        def failed(failure: Failure) -> None:
+            del self._seeding[topic]
+            for _entry, later in waiting:
+                later.errback(failure)
+            mine.errback(failure)
+
+        d.addCallbacks(seeded, failed)
+        return mine
 
     def _append(self, topic: str, entry: bytes) -> defer.Deferred[int]:
         alive = self._logs_alive
