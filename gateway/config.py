@@ -101,7 +101,9 @@ def endpoint(value: str) -> str | None:
     if value == "":
         return None
     scheme = value.split(":", 1)[0]
-    known = {"tcp", "tcp6", "ssl", "unix", "systemd", "tls"}
+    # haproxy: wraps another endpoint with the PROXY protocol (real client addresses
+    # behind a load balancer).
+    known = {"tcp", "tcp6", "ssl", "unix", "systemd", "tls", "haproxy"}
     return None if scheme in known else f"unknown endpoint type {scheme!r} in {value!r}"
 
 

@@ -29,11 +29,16 @@ from protocol import internal_pb2
 
 if TYPE_CHECKING:
     from gateway.bus import Fanout
-    from gateway.session.manager import SessionManager
+    from gateway.session.manager import SessionLink, SessionManager
 
 __all__ = ["Delivery"]
 
 log = Logger()
+
+#: How far below the highest topic_seq a session received a late event is still told
+#: from a duplicate (see _first_delivery).
+SEEN_WINDOW = 1024
+_ALL_SEEN = (1 << SEEN_WINDOW) - 1
 
 
 class Delivery:
@@ -156,7 +161,31 @@ class Delivery:
             if holding is not None:
                 holding.append(event)  # the session is catching up on this topic
                 return
-            if event.topic_seq <= link.marks.get(event.topic, 0):
-                return  # already delivered (catch-up and live overlap)
-            link.marks[event.topic] = event.topic_seq
+            if not _first_delivery(link, event.topic, event.topic_seq):
+                return  # already delivered (catch-up and live overlap, a bus duplicate)
         self.hub.deliver(transport, event)
+
+
+def _first_delivery(link: SessionLink, topic: str, seq: int) -> bool:
+    """Note ``seq`` as delivered to the session; False if it already was.
+
+    Events of one topic published on different instances reach a subscriber
+    in bus order, not in topic_seq order: a lower number can arrive after a
+    higher one, and a high-water mark alone would drop it as a duplicate.
+    Below the mark, a bitmask of the last SEEN_WINDOW numbers (bit i: mark - i)
+    tells a late event from a duplicate.  Older than the window, or at or
+    below a resumed session's cursor (whose mask is not stored), counts as
+    delivered.
+    """
+    mark = link.marks.get(topic, 0)
+    seen = link.seen.get(topic, _ALL_SEEN)
+    if seq > mark:
+        shift = seq - mark  # may be huge: a log that was lost starts again far above
+        link.seen[topic] = ((seen << shift) | 1) & _ALL_SEEN if shift < SEEN_WINDOW else 1
+        link.marks[topic] = seq
+        return True
+    behind = mark - seq
+    if behind >= SEEN_WINDOW or seen >> behind & 1:
+        return False
+    link.seen[topic] = seen | 1 << behind
+    return True
