@@ -186,7 +186,8 @@ class Connection:
         # outbound
         self.next_out_seq = 1
         self.peer_ack = 0
-        self.unacked: deque[tuple[int, OutEvent]] = deque()
+        # () until the first reliable event: an empty deque costs ~760 bytes a connection.
+        self.unacked: deque[tuple[int, OutEvent]] | tuple[()] = ()
         self.unacked_bytes = 0
         self.max_unacked = max_unacked
         self.replay_overflow = False  # oldest unacked events were dropped: a resume needs a resync
@@ -284,7 +285,7 @@ class Connection:
             return  # stale, or acking what we never sent (ignored rather than trusted)
         self.peer_ack = ack
         while self.unacked and self.unacked[0][0] <= ack:
-            _seq, event = self.unacked.popleft()
+            _seq, event = self.unacked.popleft()  # type: ignore[union-attr]
             self.unacked_bytes -= event.size
         if self.on_ack is not None:
             self.on_ack(self, ack)
@@ -431,6 +432,8 @@ class Connection:
                 stats = self.stats.for_type(event.type)
                 stats.messages_out += 1
                 stats.bytes_out += event.size
+        for drained in [p for p, q in self._queues.items() if not q]:
+            del self._queues[drained]  # drained: idle connections keep no deques
         if ack and now - self._ack_since < ACK_DELAY and not shared:
             return None  # only an ack to send: wait a little for something to carry it
         if ack:
@@ -470,13 +473,15 @@ class Connection:
 
     def _retain(self, seq: int, event: OutEvent) -> None:
         """Keep a reliable event until acknowledged, within count and byte bounds."""
-        self.unacked.append((seq, event))
+        if self.unacked.__class__ is tuple:
+            self.unacked = deque()
+        self.unacked.append((seq, event))  # type: ignore[union-attr]
         self.unacked_bytes += event.size
         while self.unacked and (
             len(self.unacked) > self.max_unacked
             or self.unacked_bytes > self.limits.outbound_hard_bytes
         ):
-            _old_seq, old = self.unacked.popleft()
+            _old_seq, old = self.unacked.popleft()  # type: ignore[union-attr]
             self.unacked_bytes -= old.size
             self.replay_overflow = True
 

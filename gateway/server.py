@@ -128,6 +128,7 @@ class Gateway:
         self._type_buckets: dict[tuple[int, str], TokenBucket] = {}
         self._in_counters: dict[str, tuple[Any, Any]] = {}
         self._versions_cache: dict[frozenset[tuple[str, int]], Mapping[str, int]] = {}
+        self._compression_sets: dict[frozenset[int], frozenset[int]] = {}
         self._sweeper: task.LoopingCall | None = None
         self._drain_call: IDelayedCall | None = None
         self._drained: defer.Deferred[None] | None = None
@@ -459,7 +460,9 @@ class Gateway:
         if missing:
             raise Disconnect(CloseCode.UNSUPPORTED_VERSION, f"no common version of {missing[0]}")
         accepted = set(hello.compression)
-        conn.accepted_compression = frozenset(accepted & set(self._compression_preference))
+        # Interned: a handful of distinct sets, shared by every connection.
+        accepted_set = frozenset(accepted & set(self._compression_preference))
+        conn.accepted_compression = self._compression_sets.setdefault(accepted_set, accepted_set)
         for codec in self._compression_preference:
             if codec in accepted:
                 conn.compression = codec
