@@ -492,6 +492,8 @@ def _drive(
         yield replayer.welcomed
     except Exception as exc:
         print(f"# {PROG}: no welcome: {exc}", file=out)
+        for pending in (replayer.is_open, replayer.welcomed):
+            pending.addErrback(lambda _failure: None)  # reported above; not "unhandled"
         return
     began = reactor.seconds()
     base = plan.frames[0][0] if plan.frames else 0
