@@ -139,3 +139,23 @@ def test_plugin_admin_resources_need_the_admin_token_too(start_gateway, monkeypa
                               headers={"Authorization": "Bearer s3cret-admin-token"})
     assert allowed.code == 202
     yield allowed.content()
+
+
+@pytest_twisted.inlineCallbacks
+def test_guarded_plugin_leaf_resources_still_route_their_subpaths(start_gateway, monkeypatch):
+    monkeypatch.setenv("RTGW_TEST_ADMIN_TOKEN", "s3cret-admin-token")
+    running = yield start_gateway(make_config(**{"admin.token_env": "RTGW_TEST_ADMIN_TOKEN"}))
+    auth = {"Authorization": "Bearer s3cret-admin-token"}
+    status = yield treq.get(running.admin_url + "/admin/recording", headers=auth)
+    assert status.code == 200
+    yield status.content()
+    started = yield treq.post(running.admin_url + "/admin/recording/start",
+                              json.dumps({"all": True}).encode(), headers=auth)
+    assert started.code in (200, 202), (yield started.content())
+    yield started.content()
+    stopped = yield treq.post(running.admin_url + "/admin/recording/stop", b"{}", headers=auth)
+    assert stopped.code in (200, 202)
+    yield stopped.content()
+    refused = yield treq.post(running.admin_url + "/admin/recording/start", b"{}")
+    assert refused.code == 401
+    yield refused.content()

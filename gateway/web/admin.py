@@ -83,6 +83,8 @@ class _Guarded(resource.Resource):
         super().__init__()
         self.inner = inner
         self.token = token
+        # A leaf handles the rest of the path itself: traversal must stop here too.
+        self.isLeaf = bool(getattr(inner, "isLeaf", False))
 
     def _authorized(self, request: IRequest) -> bool:
         header = request.getHeader("authorization") or ""
