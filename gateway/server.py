@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import secrets
-import types
 import time
+import types
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -498,7 +498,6 @@ class Gateway:
         if opened.resumed:
             self._replace_previous(conn)
         if self.sessions is not None:
-            sessions = self.sessions
             conn.on_sequenced = self._on_sequenced
             conn.on_ack = self._on_ack
         conn.machine.to(State.AUTHENTICATED)

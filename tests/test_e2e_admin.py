@@ -8,7 +8,6 @@ import time
 import pytest
 import pytest_twisted
 import treq
-from tests.conftest import test_config as make_config
 from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
     WsClient,
     close_clients,
@@ -17,6 +16,8 @@ from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
     sdk_client,
     wait_until,
 )
+
+from tests.conftest import test_config as make_config
 
 ROW_FIELDS = {"player_id", "state", "rtt_ms", "bytes_in", "bytes_out", "messages_in",
               "messages_out", "connected_at"}

@@ -10,7 +10,6 @@ import time
 
 import pytest
 import pytest_twisted
-from tests.conftest import test_config as make_config
 from twisted.logger import formatEvent, globalLogPublisher
 from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
     WsClient,
@@ -26,6 +25,7 @@ from gateway.auth import mint_token
 from gateway.client.client import ServerError
 from gateway.codes import CloseCode, ErrorCode
 from protocol import events_pb2
+from tests.conftest import test_config as make_config
 
 AUTH_FAILURES = "rtgateway_auth_failures_total"
 

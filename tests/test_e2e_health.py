@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest_twisted
-from tests.conftest import test_config as make_config
 from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
     WsClient,
     assert_healthy,
@@ -20,6 +19,7 @@ from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
 
 from gateway.codes import CloseCode
 from protocol import events_pb2
+from tests.conftest import test_config as make_config
 
 INTERVAL, TIMEOUT = 2, 2
 

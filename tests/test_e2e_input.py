@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from tests.conftest import test_config as make_config
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
@@ -39,6 +38,7 @@ from gateway.client.client import ServerError
 from gateway.codes import CloseCode, ErrorCode
 from gateway.events import Direction, EventRegistry, spec
 from protocol import events_pb2
+from tests.conftest import test_config as make_config
 
 PING = events_pb2.Ping(nonce=1, sent_ns=2)
 

@@ -6,7 +6,6 @@ import socket
 
 import pytest
 import pytest_twisted
-from tests.conftest import test_config as make_config
 from twisted.internet import task
 from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
     RawSocket,
@@ -23,6 +22,7 @@ from gateway.codes import CloseCode
 from gateway.events import Delivery, Direction, EventRegistry, Priority, spec
 from gateway.states import State
 from protocol import events_pb2
+from tests.conftest import test_config as make_config
 
 
 @pytest_twisted.inlineCallbacks

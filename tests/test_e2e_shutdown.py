@@ -6,7 +6,6 @@ import time
 
 import pytest
 import pytest_twisted
-from tests.conftest import test_config as make_config
 from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
     WsClient,
     close_clients,
@@ -20,6 +19,7 @@ from wsclient import (  # noqa: F401 - close_clients is an autouse fixture
 from gateway.codes import CloseCode
 from gateway.states import State
 from protocol import events_pb2
+from tests.conftest import test_config as make_config
 
 GRACE = 1.0
 SPREAD_MS = 2500

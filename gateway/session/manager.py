@@ -47,6 +47,9 @@ __all__ = ["SessionLink", "SessionManager", "SessionOpened"]
 log = Logger()
 
 USED_TOKEN_SECONDS = 3600.0
+
+#: A topic-log entry read back for a catch-up: (topic seq, entry).
+CaughtUp = tuple[int, internal_pb2.QueuedEvent]
 #: Topic logs whose counters this instance remembers as existing (LRU).
 _MAX_LOGS_TRACKED = 100_000
 
@@ -235,7 +238,7 @@ class SessionManager:
     @defer.inlineCallbacks
     def catch_up(
         self, conn: Connection, topic: str
-    ) -> Generator[defer.Deferred[Any], Any, tuple[list[tuple[int, internal_pb2.QueuedEvent]], bool]]:
+    ) -> Generator[defer.Deferred[Any], Any, tuple[list[CaughtUp], bool]]:
         """Logged events of ``topic`` after the session's cursor; True if some were lost."""
         link: SessionLink = conn.session  # type: ignore[attr-defined]
         cursor = link.record.cursors.get(topic, 0)
