@@ -25,6 +25,14 @@ __all__ = ["make_admin_site"]
 Answer = Callable[[IRequest], tuple[int, str, bytes]]
 
 
+def bearer_ok(request: IRequest, token: bytes) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` (constant time)."""
+    header = request.getHeader("authorization") or ""
+    if not header.lower().startswith("bearer "):
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), token)
+
+
 class _Leaf(resource.Resource):
     isLeaf = True
 
@@ -37,12 +45,7 @@ class _Leaf(resource.Resource):
         self._token = token
 
     def _authorized(self, request: IRequest) -> bool:
-        if self._token is None:
-            return True
-        header = request.getHeader("authorization") or ""
-        if not header.lower().startswith("bearer "):
-            return False
-        return hmac.compare_digest(header[7:].strip().encode(), self._token)
+        return self._token is None or bearer_ok(request, self._token)
 
     def _answer(self, request: IRequest, handler: Answer | None) -> bytes:
         if handler is None:
@@ -87,10 +90,7 @@ class _Guarded(resource.Resource):
         self.isLeaf = bool(getattr(inner, "isLeaf", False))
 
     def _authorized(self, request: IRequest) -> bool:
-        header = request.getHeader("authorization") or ""
-        if not header.lower().startswith("bearer "):
-            return False
-        return hmac.compare_digest(header[7:].strip().encode(), self.token)
+        return bearer_ok(request, self.token)
 
     def getChildWithDefault(self, path: bytes, request: IRequest) -> resource.IResource:  # noqa: N802
         if not self._authorized(request):
