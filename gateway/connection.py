@@ -151,7 +151,7 @@ class Connection:
         "last_in_seq", "last_ping_sent", "last_received", "limits", "machine",
         "max_unacked", "next_out_seq", "on_ack", "on_sequenced", "paused_since", "peer",
         "peer_ack", "player_id", "previous_owner", "queued_bytes", "replay_overflow", "rtt",
-        "session", "session_id", "stats", "token_expires_at", "topics", "unacked",
+        "session", "session_id", "stats", "token_expires_at", "topics", "type_buckets", "unacked",
         "unacked_bytes", "urgent", "versions", "zlib_level",
     )
 
@@ -216,6 +216,8 @@ class Connection:
         self.on_sequenced: Callable[[Connection, int, OutEvent], object] | None = None
         self.session: Any = None  # gateway.session.manager.SessionLink once welcomed
         self.topics: set[str] = set()  # maintained by the hub
+        # Per event type rate limits (EventSpec.rate_limit), created on first use.
+        self.type_buckets: dict[str, TokenBucket] | None = None
         self._replay: deque[tuple[int, OutEvent]] | None = None
 
     # ------------------------------------------------------------------ state

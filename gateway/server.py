@@ -125,7 +125,6 @@ class Gateway:
         self.backend_ready: Callable[[], bool] = lambda: True
         self._per_ip: dict[str, int] = {}
         self._pending = 0  # upgrades being authenticated
-        self._type_buckets: dict[tuple[int, str], TokenBucket] = {}
         self._in_counters: dict[str, tuple[Any, Any]] = {}
         self._versions_cache: dict[frozenset[tuple[str, int]], Mapping[str, int]] = {}
         self._compression_sets: dict[frozenset[int], frozenset[int]] = {}
@@ -326,8 +325,6 @@ class Gateway:
             self._per_ip[conn.peer] = count
         else:
             self._per_ip.pop(conn.peer, None)
-        for key in [k for k in self._type_buckets if k[0] == conn.id]:
-            del self._type_buckets[key]
         was_authenticated = conn.authenticated
         conn.machine.to(State.DISCONNECTED)
         self.metrics.closes.labels(str(code or 1006)).inc()
@@ -392,11 +389,14 @@ class Gateway:
 
     def _type_allowed(self, conn: Connection, spec: EventSpec) -> bool:
         assert spec.rate_limit is not None
-        key = (conn.id, spec.type)
-        bucket = self._type_buckets.get(key)
+        # Kept on the connection: they go with it, no search on close.
+        buckets = conn.type_buckets
+        if buckets is None:
+            buckets = conn.type_buckets = {}
+        bucket = buckets.get(spec.type)
         if bucket is None:
             rate, burst = spec.rate_limit
-            bucket = self._type_buckets[key] = TokenBucket(rate, burst, self.now())
+            bucket = buckets[spec.type] = TokenBucket(rate, burst, self.now())
         return bucket.take(self.now())
 
     def _system(
