@@ -17,7 +17,6 @@ It is optional: a debugging aid must never keep a gateway from starting.
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -29,6 +28,7 @@ from twisted.web import resource
 from gateway.config import read_secret
 from gateway.plugin import GatewayPlugin, PluginContext
 from gateway.recording import Recorder
+from gateway.web.admin import bearer_ok
 from protocol import recording_pb2
 
 __all__ = ["RecorderPlugin", "recorder"]
@@ -65,12 +65,7 @@ class RecordingResource(resource.Resource):
         self.token = token
 
     def _authorized(self, request: Any) -> bool:
-        if self.token is None:
-            return True
-        header = request.getHeader("authorization") or ""
-        if header[:7].lower() != "bearer ":
-            return False
-        return hmac.compare_digest(header[7:].strip().encode(), self.token)
+        return self.token is None or bearer_ok(request, self.token)
 
     def _reply(self, request: Any, status: int, data: Any) -> bytes:
         request.setResponseCode(status)

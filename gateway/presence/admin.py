@@ -17,7 +17,6 @@ whichever way the admin site mounts it.
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable, Generator
 from typing import Any
@@ -28,6 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import pages, resource, server
 from twisted.web.iweb import IRequest
+
+from gateway.web.admin import bearer_ok
 
 __all__ = ["MAX_ID_LENGTH", "PlayerOnline", "PresenceAdmin"]
 
@@ -52,12 +53,7 @@ class _Base(resource.Resource):
         self.token = token
 
     def _authorized(self, request: IRequest) -> bool:
-        if self.token is None:
-            return True
-        header = request.getHeader("authorization") or ""
-        if header[:7].lower() != "bearer ":
-            return False
-        return hmac.compare_digest(header[7:].strip().encode(), self.token)
+        return self.token is None or bearer_ok(request, self.token)
 
     def render(self, request: Any) -> Any:
         if not self._authorized(request):
