@@ -98,3 +98,47 @@ def test_goodbye_ends_the_session_and_nothing_is_left(start_gateway, mint):
     welcome = yield again.connect()
     assert not welcome.resumed and welcome.full_resync
     yield again.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_session_store_failure_closes_that_connection_with_1011_and_nothing_else(
+    start_gateway, mint
+):
+    from twisted.internet import defer, reactor
+
+    from gateway.backend.base import BackendUnavailable
+    from gateway.backend.memory import MemoryBackend
+
+    class FlakyStore(MemoryBackend):
+        failing = False
+
+        def set(self, key, value, ttl=None, *, only_if_absent=False):
+            if self.failing and key.startswith("s:"):
+                return defer.fail(BackendUnavailable("store down"))
+            return super().set(key, value, ttl, only_if_absent=only_if_absent)
+
+    backend = FlakyStore(reactor)
+    running = yield start_gateway(backend=backend)
+    bob = make_client(running, mint("bob"))
+    yield bob.connect()
+
+    backend.failing = True
+    alice = make_client(running, mint("alice"))
+    try:
+        yield alice.connect()
+    except Exception:
+        pass
+    else:
+        raise AssertionError("connected although the session could not be stored")
+    closed = yield alice.when_closed()
+    assert closed.code == 1011
+    assert [c.player_id for c in running.gateway.hub.connections()] == ["bob"]
+
+    backend.failing = False
+    bob.ping()
+    yield bob.wait_for("system.pong")  # the others never noticed
+    again = make_client(running, mint("alice"))
+    welcome = yield again.connect()
+    assert welcome.player_id == "alice"
+    yield again.close()
+    yield bob.close()
