@@ -327,7 +327,7 @@ class Gateway:
             self._per_ip.pop(conn.peer, None)
         was_authenticated = conn.authenticated
         conn.machine.to(State.DISCONNECTED)
-        self.metrics.closes.labels(str(code or 1006)).inc()
+        self.metrics.closes.labels(_close_label(code)).inc()
         if self.sessions is not None and conn.session is not None and not conn.session.replaced:
             end = goodbye or (code is not None and code in NO_RECONNECT)
             d = self.sessions.end(conn) if end else self.sessions.suspend(conn, topics)
@@ -848,6 +848,15 @@ def _chain(d: defer.Deferred[None]) -> defer.Deferred[None]:
 def _err(failure: Failure) -> Any:
     """The exception inside a Failure, typed loosely (callers checked its class first)."""
     return failure.value
+
+
+def _close_label(code: int | None) -> str:
+    """Close code as a metric label: the client picks its own codes, so only known
+    ones (RFC 6455's and ours) get a series of their own."""
+    code = code or 1006
+    if 1000 <= code <= 1015 or code in CloseCode._value2member_map_:
+        return str(code)
+    return "other"
 
 
 def _unix_seconds(value: float) -> int:

@@ -342,3 +342,22 @@ def test_offender_ignoring_the_close_does_not_break_delivery(start_gateway, mint
     raw.close()
     yield wait_until(lambda: len(running.gateway.hub) == 1, what="the offender gone")
     yield healthy.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_chosen_close_codes_do_not_create_metric_series(start_gateway, mint):
+    from twisted.internet import reactor
+
+    from gateway.client import GatewayClient
+
+    running = yield start_gateway()
+    for code in (4321, 4777):
+        client = GatewayClient(running.url, mint("alice"), reactor=reactor, reconnect=None)
+        yield client.connect()
+        yield client.close(code, "bye")
+    yield wait_until(lambda: not running.gateway.hub.connections(), timeout=5)
+    from prometheus_client import generate_latest
+
+    body = generate_latest(running.gateway.metrics.registry).decode()
+    assert 'code="4321"' not in body and 'code="4777"' not in body
+    assert 'rtgateway_closes_total{code="other"} 2.0' in body
